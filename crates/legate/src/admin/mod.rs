@@ -1,0 +1,103 @@
+//! The admin server (default 127.0.0.1:9901): `/live`, `/ready`, `/metrics`, `/config`.
+
+use crate::lifecycle::State;
+use crate::telemetry::metrics::Metrics;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub struct Admin {
+    pub state: Arc<State>,
+    pub metrics: Arc<Metrics>,
+    /// The effective config as YAML, secrets already redacted.
+    pub config_yaml: String,
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+impl Admin {
+    pub fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        const PLAIN: &str = "text/plain; charset=utf-8";
+        match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, PLAIN, "live\n"),
+            (&Method::GET | &Method::HEAD, "/ready") => {
+                if self.state.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "draining\n")
+                } else if self.state.is_ready() {
+                    text(StatusCode::OK, PLAIN, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "starting\n")
+                }
+            }
+            (&Method::GET, "/metrics") => text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            (&Method::GET, "/config") => {
+                text(StatusCode::OK, "application/yaml", self.config_yaml.clone())
+            }
+            (_, "/live" | "/ready" | "/metrics" | "/config") => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                PLAIN,
+                "method not allowed\n",
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                PLAIN,
+                "not found: try /ready /live /metrics /config\n",
+            ),
+        }
+    }
+}
+
+/// Serves admin requests until `shutdown_done` fires (after the workers have drained, so
+/// `/ready` keeps saying 503 for the whole drain).
+pub async fn serve(
+    listener: std::net::TcpListener,
+    admin: Arc<Admin>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register admin listener");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let resp = admin.respond(&req);
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        }
+    }
+}

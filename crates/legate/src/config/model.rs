@@ -1,0 +1,403 @@
+//! The YAML model. Field names here are the user-facing contract: add, never rename.
+
+use super::duration::ConfigDuration;
+use super::size::ByteSize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub access_log: AccessLogMode,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `127.0.0.1:9901` by default; `off` disables the admin server.
+    #[serde(default = "default_admin_listen")]
+    pub listen: AdminListen,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> AdminListen {
+    AdminListen::Addr(ListenAddr(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        9901,
+    )))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    Addr(ListenAddr),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads, each a single-threaded event loop with its own listener socket.
+    /// Unset: the CPUs this process may use (cgroup CPU quota and affinity, not the node's cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    Off,
+    #[default]
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM before they are cut.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: ConfigDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: ListenAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Largest request head (request line plus headers) accepted; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most request headers accepted; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// How long a client may take to send a request head before the connection is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: ConfigDuration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_read_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub match_: MatchConfig,
+    pub upstream: String,
+    /// Time from the request's arrival until the upstream's response headers; 504 past it.
+    #[serde(default = "default_route_timeout")]
+    pub timeout: ConfigDuration,
+    #[serde(default)]
+    pub host_rewrite: HostRewrite,
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+}
+
+fn default_route_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(15)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header name to exact value; `"*"` matches any value as long as the header is present.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostRewrite {
+    /// The upstream's authority, like nginx `proxy_set_header Host upstream.example`.
+    #[default]
+    Upstream,
+    /// The Host the client sent.
+    Keep,
+    Literal(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Replace (or add) these headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Append these headers, keeping any existing values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `host:port` entries; names are resolved and re-resolved in the background.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Alternative to `endpoints`: `http://host[:port]` or `https://host[:port]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Present means the upstream speaks TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: ConfigDuration,
+}
+
+impl UpstreamConfig {
+    /// An upstream with every optional field at its default.
+    pub fn with_endpoints(name: &str, endpoints: Vec<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoints,
+            url: None,
+            tls: None,
+            protocol: UpstreamProtocol::default(),
+            connect_timeout: default_connect_timeout(),
+            pool: PoolConfig::default(),
+            dns_refresh: default_dns_refresh(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(2)
+}
+fn default_dns_refresh() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Name sent as SNI and checked against the certificate; defaults to the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// HTTP/2 when TLS ALPN agrees on it, HTTP/1.1 otherwise.
+    #[default]
+    Auto,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_per_endpoint: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_idle() -> usize {
+    64
+}
+fn default_idle_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
+}
+
+/// A listening address. `8080` and `:8080` mean `127.0.0.1:8080`: a sidecar serves its own Pod,
+/// so binding every interface must be written out explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let port_only = s.strip_prefix(':').unwrap_or(s);
+        if let Ok(port) = port_only.parse::<u16>() {
+            return Ok(Self(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+        }
+        if let Some(port) = s.strip_prefix("localhost:") {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok(Self(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+            }
+        }
+        s.parse::<SocketAddr>().map(Self).map_err(|_| {
+            format!("invalid listen address `{s}`: write IP:PORT like 127.0.0.1:8080 (or just the port)")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = StringOrInt::deserialize(d)?;
+        ListenAddr::parse(&v.0).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = StringOrInt::deserialize(d)?;
+        if v.0 == "off" {
+            return Ok(AdminListen::Off);
+        }
+        ListenAddr::parse(&v.0)
+            .map(AdminListen::Addr)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for AdminListen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AdminListen::Off => s.serialize_str("off"),
+            AdminListen::Addr(a) => a.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostRewrite {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "upstream" => HostRewrite::Upstream,
+            "keep" => HostRewrite::Keep,
+            _ => HostRewrite::Literal(s),
+        })
+    }
+}
+
+impl Serialize for HostRewrite {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HostRewrite::Upstream => s.serialize_str("upstream"),
+            HostRewrite::Keep => s.serialize_str("keep"),
+            HostRewrite::Literal(h) => s.serialize_str(h),
+        }
+    }
+}
+
+/// Accepts `8080` as well as `"127.0.0.1:8080"` for address-like fields.
+struct StringOrInt(String);
+
+impl<'de> Deserialize<'de> for StringOrInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StringOrInt;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address like 127.0.0.1:8080")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringOrInt(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(StringOrInt(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(StringOrInt(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,133 @@
+//! Quick mode: the flags of `legate http` turned into the same `Config` a file would give, so
+//! both paths share one validator and `--print-config` can show the equivalent YAML.
+
+use super::endpoint::UpstreamUrl;
+use super::model::*;
+
+/// The flags of `legate http`, already split.
+#[derive(Debug, Clone)]
+pub struct QuickHttp {
+    pub listen: ListenAddr,
+    pub upstreams: Vec<String>,
+    pub set_headers: Vec<(String, String)>,
+    pub admin: AdminListen,
+    pub access_log: AccessLogMode,
+    pub workers: Option<usize>,
+    pub timeout: Option<ConfigDurationArg>,
+}
+
+pub type ConfigDurationArg = super::ConfigDuration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuickError {
+    #[error("--upstream is required: give the URL of the real service, like --upstream https://httpbin.org")]
+    NoUpstream,
+    #[error("--upstream {url}: {reason}")]
+    BadUpstream { url: String, reason: String },
+    #[error(
+        "--upstream: all upstream URLs must use the same scheme (found both http:// and https://)"
+    )]
+    MixedSchemes,
+}
+
+pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
+    if q.upstreams.is_empty() {
+        return Err(QuickError::NoUpstream);
+    }
+    let mut endpoints = Vec::new();
+    let mut tls = None;
+    for url in &q.upstreams {
+        let parsed = UpstreamUrl::parse(url).map_err(|reason| QuickError::BadUpstream {
+            url: url.clone(),
+            reason,
+        })?;
+        if tls.is_some_and(|t| t != parsed.tls) {
+            return Err(QuickError::MixedSchemes);
+        }
+        tls = Some(parsed.tls);
+        endpoints.push(parsed.endpoint.to_string());
+    }
+    let mut request_headers = HeaderRules::default();
+    for (k, v) in &q.set_headers {
+        request_headers.set.insert(k.clone(), v.clone());
+    }
+    let mut route = RouteConfig {
+        name: "default".into(),
+        match_: MatchConfig {
+            path_prefix: Some("/".into()),
+            ..Default::default()
+        },
+        upstream: "upstream".into(),
+        timeout: ConfigDurationArg::from_secs(15),
+        host_rewrite: HostRewrite::Upstream,
+        request_headers,
+        response_headers: HeaderRules::default(),
+    };
+    if let Some(t) = q.timeout {
+        route.timeout = t;
+    }
+    let mut upstream = UpstreamConfig::with_endpoints("upstream", endpoints);
+    if tls == Some(true) {
+        upstream.tls = Some(UpstreamTls::default());
+    }
+    Ok(Config {
+        admin: AdminConfig { listen: q.admin },
+        runtime: RuntimeConfig { workers: q.workers },
+        access_log: q.access_log,
+        shutdown: ShutdownConfig::default(),
+        listeners: vec![ListenerConfig {
+            name: "app".into(),
+            listen: q.listen,
+            protocol: ListenerProtocol::Http,
+            routes: vec![route],
+            limits: ListenerLimits::default(),
+        }],
+        upstreams: vec![upstream],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(upstreams: &[&str]) -> QuickHttp {
+        QuickHttp {
+            listen: ListenAddr::parse("127.0.0.1:8080").unwrap(),
+            upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
+            set_headers: vec![("X-Client-ID".into(), "microservice-001".into())],
+            admin: AdminListen::Off,
+            access_log: AccessLogMode::Json,
+            workers: None,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn https_upstream_turns_tls_on_and_validates() {
+        let cfg = build(&q(&["https://httpbin.org"])).unwrap();
+        assert!(cfg.upstreams[0].tls.is_some());
+        assert_eq!(
+            cfg.upstreams[0].endpoints,
+            vec!["httpbin.org:443".to_string()]
+        );
+        assert!(super::super::validate::validate(&cfg).is_empty());
+        let yaml = super::super::to_yaml(&cfg);
+        assert!(
+            super::super::load_str("p", &yaml, |_| None).is_ok(),
+            "{yaml}"
+        );
+    }
+
+    #[test]
+    fn rejects_mixed_and_missing() {
+        assert_eq!(build(&q(&[])).unwrap_err(), QuickError::NoUpstream);
+        assert_eq!(
+            build(&q(&["http://a:1", "https://b"])).unwrap_err(),
+            QuickError::MixedSchemes
+        );
+        assert!(matches!(
+            build(&q(&["httpbin.org"])),
+            Err(QuickError::BadUpstream { .. })
+        ));
+    }
+}

@@ -1,0 +1,271 @@
+//! Cross-field checks that serde cannot express. Every problem is collected, not just the first.
+
+use super::endpoint::{EndpointSpec, UpstreamUrl};
+use super::model::{AdminListen, Config, HeaderRules, HostRewrite};
+use http::{HeaderName, HeaderValue, Method};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One problem, addressed by its config path (`listeners[0].routes[1].upstream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: String,
+    pub message: String,
+}
+
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+    fn positive(&mut self, path: String, d: Duration) {
+        if d.is_zero() {
+            self.add(path, "must be greater than zero");
+        }
+    }
+}
+
+fn check_name(issues: &mut Issues, path: String, name: &str) {
+    if name.is_empty() {
+        issues.add(path, "must not be empty");
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        issues.add(
+            path,
+            format!("`{name}` may only use letters, digits, '-', '_' and '.'"),
+        );
+    }
+}
+
+fn check_header_rules(issues: &mut Issues, path: &str, rules: &HeaderRules) {
+    for (kind, map) in [("set", &rules.set), ("add", &rules.add)] {
+        for (name, value) in map {
+            let p = format!("{path}.{kind}.{name}");
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                issues.add(p.clone(), format!("`{name}` is not a valid header name"));
+            }
+            if HeaderValue::from_str(value).is_err() {
+                issues.add(
+                    p,
+                    "header value contains characters not allowed in HTTP headers",
+                );
+            }
+        }
+    }
+    for (i, name) in rules.remove.iter().enumerate() {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            issues.add(
+                format!("{path}.remove[{i}]"),
+                format!("`{name}` is not a valid header name"),
+            );
+        }
+    }
+}
+
+pub fn validate(cfg: &Config) -> Vec<Issue> {
+    let mut issues = Issues(Vec::new());
+
+    if cfg.runtime.workers == Some(0) {
+        issues.add(
+            "runtime.workers",
+            "must be at least 1 (leave it unset to follow the CPU limit)",
+        );
+    }
+    issues.positive(
+        "shutdown.drain_timeout".into(),
+        cfg.shutdown.drain_timeout.get(),
+    );
+
+    let mut upstream_names: HashMap<&str, usize> = HashMap::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let base = format!("upstreams[{i}]");
+        check_name(&mut issues, format!("{base}.name"), &u.name);
+        if let Some(first) = upstream_names.insert(&u.name, i) {
+            issues.add(
+                format!("{base}.name"),
+                format!(
+                    "duplicate upstream name `{}` (also upstreams[{first}])",
+                    u.name
+                ),
+            );
+        }
+        match (&u.url, u.endpoints.is_empty()) {
+            (Some(_), false) => issues.add(
+                format!("{base}.url"),
+                "set either `url` or `endpoints`, not both",
+            ),
+            (None, true) => issues.add(
+                format!("{base}.endpoints"),
+                "an upstream needs `endpoints: [host:port, ...]` or `url: http(s)://host`",
+            ),
+            (Some(url), true) => {
+                if let Err(e) = UpstreamUrl::parse(url) {
+                    issues.add(format!("{base}.url"), e);
+                }
+            }
+            (None, false) => {
+                for (j, ep) in u.endpoints.iter().enumerate() {
+                    if let Err(e) = EndpointSpec::parse(ep) {
+                        issues.add(format!("{base}.endpoints[{j}]"), e);
+                    }
+                }
+            }
+        }
+        issues.positive(format!("{base}.connect_timeout"), u.connect_timeout.get());
+        issues.positive(
+            format!("{base}.pool.idle_timeout"),
+            u.pool.idle_timeout.get(),
+        );
+        issues.positive(format!("{base}.dns_refresh"), u.dns_refresh.get());
+        if let Some(name) = u.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                issues.add(
+                    format!("{base}.tls.server_name"),
+                    format!("`{name}` is not a valid DNS name or IP"),
+                );
+            }
+        }
+    }
+
+    if cfg.listeners.is_empty() {
+        issues.add(
+            "listeners",
+            "no listeners: add at least one under `listeners:`",
+        );
+    }
+    let mut listener_names: HashMap<&str, usize> = HashMap::new();
+    let mut addrs = HashMap::new();
+    if let AdminListen::Addr(a) = cfg.admin.listen {
+        addrs.insert(a.0, "admin.listen".to_string());
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let base = format!("listeners[{i}]");
+        check_name(&mut issues, format!("{base}.name"), &l.name);
+        if let Some(first) = listener_names.insert(&l.name, i) {
+            issues.add(
+                format!("{base}.name"),
+                format!(
+                    "duplicate listener name `{}` (also listeners[{first}])",
+                    l.name
+                ),
+            );
+        }
+        if l.listen.0.port() != 0 {
+            if let Some(other) = addrs.insert(l.listen.0, format!("{base}.listen")) {
+                issues.add(
+                    format!("{base}.listen"),
+                    format!("address {} is also used by {other}", l.listen),
+                );
+            }
+        }
+        if l.limits.max_header_bytes.0 < 1024 {
+            issues.add(
+                format!("{base}.limits.max_header_bytes"),
+                "must be at least 1KiB",
+            );
+        }
+        if l.limits.max_headers == 0 {
+            issues.add(format!("{base}.limits.max_headers"), "must be at least 1");
+        }
+        issues.positive(
+            format!("{base}.limits.header_read_timeout"),
+            l.limits.header_read_timeout.get(),
+        );
+        if l.routes.is_empty() {
+            issues.add(
+                format!("{base}.routes"),
+                "an HTTP listener needs at least one route",
+            );
+        }
+        let mut route_names: HashMap<&str, usize> = HashMap::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            let rb = format!("{base}.routes[{j}]");
+            check_name(&mut issues, format!("{rb}.name"), &r.name);
+            if let Some(first) = route_names.insert(&r.name, j) {
+                issues.add(
+                    format!("{rb}.name"),
+                    format!("duplicate route name `{}` (also routes[{first}])", r.name),
+                );
+            }
+            if !upstream_names.contains_key(r.upstream.as_str()) {
+                let known: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+                issues.add(
+                    format!("{rb}.upstream"),
+                    format!(
+                        "no upstream named `{}` (known: {})",
+                        r.upstream,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            issues.positive(format!("{rb}.timeout"), r.timeout.get());
+            let m = &r.match_;
+            if m.path.is_some() && m.path_prefix.is_some() {
+                issues.add(
+                    format!("{rb}.match"),
+                    "set `path` or `path_prefix`, not both",
+                );
+            }
+            for (key, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+                if let Some(p) = v {
+                    if !p.starts_with('/') {
+                        issues.add(
+                            format!("{rb}.match.{key}"),
+                            format!("`{p}` must start with '/'"),
+                        );
+                    }
+                }
+            }
+            for (k, method) in m.methods.iter().enumerate() {
+                if Method::from_bytes(method.as_bytes()).is_err() {
+                    issues.add(
+                        format!("{rb}.match.methods[{k}]"),
+                        format!("`{method}` is not an HTTP method"),
+                    );
+                }
+            }
+            for (name, value) in &m.headers {
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    issues.add(
+                        format!("{rb}.match.headers.{name}"),
+                        format!("`{name}` is not a valid header name"),
+                    );
+                } else if HeaderValue::from_str(value).is_err() {
+                    issues.add(
+                        format!("{rb}.match.headers.{name}"),
+                        "value contains characters not allowed in HTTP headers",
+                    );
+                }
+            }
+            if let HostRewrite::Literal(h) = &r.host_rewrite {
+                if h.is_empty() || HeaderValue::from_str(h).is_err() || h.contains(['/', ' ']) {
+                    issues.add(
+                        format!("{rb}.host_rewrite"),
+                        format!("`{h}` is not `upstream`, `keep` or a valid host"),
+                    );
+                }
+            }
+            check_header_rules(
+                &mut issues,
+                &format!("{rb}.request_headers"),
+                &r.request_headers,
+            );
+            check_header_rules(
+                &mut issues,
+                &format!("{rb}.response_headers"),
+                &r.response_headers,
+            );
+        }
+    }
+    issues.0
+}

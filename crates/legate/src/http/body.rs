@@ -1,0 +1,182 @@
+//! Request and response bodies as they cross legate. Both stream frame by frame (no buffering),
+//! so a 1 GiB upload or download passes in constant memory.
+
+use super::observe::Observe;
+use crate::upstream::pool::PoolReturn;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+/// What legate sends upstream.
+pub enum ReqBody {
+    Empty,
+    /// The client's body, streamed through; `counted` feeds the access log's `bytes_in`.
+    Stream {
+        inner: Incoming,
+        counted: Arc<AtomicU64>,
+    },
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Stream { inner, counted } => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                if let Some(Ok(f)) = &frame {
+                    if let Some(d) = f.data_ref() {
+                        counted.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+enum Kind {
+    Upstream {
+        inner: Incoming,
+        pool: Option<PoolReturn>,
+    },
+    Local(Option<Bytes>),
+}
+
+/// What legate sends back to the client. When it ends (or is dropped early because the client
+/// left) the request is accounted for exactly once, and an HTTP/1.1 upstream connection whose
+/// response was read to the end goes back to the pool.
+pub struct RespBody {
+    kind: Kind,
+    observe: Option<Observe>,
+    bytes: u64,
+    complete: bool,
+}
+
+impl RespBody {
+    pub fn upstream(inner: Incoming, pool: Option<PoolReturn>, observe: Observe) -> Self {
+        let mut b = Self {
+            kind: Kind::Upstream { inner, pool },
+            observe: Some(observe),
+            bytes: 0,
+            complete: false,
+        };
+        if b.kind_is_end() {
+            b.finish();
+        }
+        b
+    }
+
+    pub fn local(data: Bytes, observe: Option<Observe>) -> Self {
+        Self {
+            kind: Kind::Local(Some(data)),
+            observe,
+            bytes: 0,
+            complete: false,
+        }
+    }
+
+    fn kind_is_end(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Local(d) => d.is_none(),
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.complete {
+            return;
+        }
+        self.complete = true;
+        if let Kind::Upstream { pool, .. } = &mut self.kind {
+            if let Some(p) = pool.take() {
+                p.give_back();
+            }
+        }
+        if let Some(o) = self.observe.take() {
+            o.finish(self.bytes, false);
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.kind {
+            Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
+            Kind::Upstream { inner, .. } => ready!(Pin::new(inner).poll_frame(cx)),
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.kind_is_end() {
+                    this.finish();
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(o) = this.observe.as_mut() {
+                    o.body_error = Some(e.to_string());
+                }
+            }
+            None => this.finish(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.complete || self.kind_is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Kind::Local(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if self.complete {
+            return;
+        }
+        // A body already at its end counts as complete even if nobody polled it (HEAD, 204).
+        if self.kind_is_end() {
+            self.finish();
+        } else if let Some(o) = self.observe.take() {
+            o.finish(self.bytes, true);
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The HTTP path: accept a request (`server`), refuse what an ambassador must not forward,
+//! match a route (`route`), rewrite headers (`headers`), forward it through a pooled upstream
+//! connection (`proxy`), and account for it when the response body ends (`observe`).
+
+pub mod body;
+pub mod headers;
+pub mod local;
+pub mod observe;
+pub mod proxy;
+pub mod request_id;
+pub mod route;
+pub mod server;
+pub mod upgrade;

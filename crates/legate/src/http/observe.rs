@@ -1,0 +1,118 @@
+//! Accounting for one request: started when it arrives, finished exactly once when its response
+//! body ends or is dropped. Feeds the access log, the request metrics and the inflight gauge.
+
+use super::route::Route;
+use crate::telemetry::access_log::{AccessLog, Entry};
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
+use http::{HeaderValue, Method, Uri, Version};
+use prometheus_client::metrics::gauge::Gauge;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// What every request on one listener shares.
+pub struct ListenerObs {
+    pub name: Arc<str>,
+    pub access_log: AccessLog,
+    pub inflight: Gauge,
+    /// Requests that matched no route (or were refused before routing).
+    pub unrouted: RouteMetrics,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct Observe {
+    listener: Arc<ListenerObs>,
+    pub route: Option<Arc<Route>>,
+    start: Instant,
+    ts: SystemTime,
+    /// Kept only when the access log is on.
+    request: Option<(Method, Uri, Version)>,
+    pub request_id: Option<HeaderValue>,
+    pub status: u16,
+    pub endpoint: Option<SocketAddr>,
+    pub error: Option<&'static str>,
+    pub body_error: Option<String>,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Observe {
+    pub fn start<B>(listener: &Arc<ListenerObs>, req: &http::Request<B>) -> Self {
+        listener.inflight.inc();
+        let request = listener
+            .access_log
+            .enabled
+            .then(|| (req.method().clone(), req.uri().clone(), req.version()));
+        Self {
+            listener: listener.clone(),
+            route: None,
+            start: Instant::now(),
+            ts: SystemTime::now(),
+            request,
+            request_id: None,
+            status: 0,
+            endpoint: None,
+            error: None,
+            body_error: None,
+            bytes_in: None,
+        }
+    }
+
+    pub fn finish(self, bytes_out: u64, aborted: bool) {
+        self.listener.inflight.dec();
+        let elapsed = self.start.elapsed();
+        let route_metrics = match &self.route {
+            Some(r) => &r.metrics,
+            None => &self.listener.unrouted,
+        };
+        route_metrics.record(self.status, elapsed.as_secs_f64());
+        if let Some(reason) = self.error {
+            self.listener
+                .metrics
+                .local_error(&route_metrics.labels, reason);
+        }
+        let Some((method, uri, version)) = &self.request else {
+            return;
+        };
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let error = self
+            .error
+            .or(self.body_error.as_deref().map(|_| "response-body-error"));
+        self.listener.access_log.write(&Entry {
+            ts: self.ts,
+            request_id: self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            listener: &self.listener.name,
+            route: self.route.as_ref().map(|r| &*r.name).unwrap_or(""),
+            method: method.as_str(),
+            path,
+            protocol: version_str(*version),
+            status: self.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream: self.route.as_ref().map(|r| &*r.upstream.name).unwrap_or(""),
+            endpoint: self.endpoint,
+            bytes_in: self
+                .bytes_in
+                .as_ref()
+                .map(|c| c.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            bytes_out,
+            error,
+            aborted,
+        });
+    }
+}
+
+pub fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}

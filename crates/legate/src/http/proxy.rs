@@ -1,0 +1,262 @@
+//! One request's life, phase by phase:
+//!
+//! 1. refuse what an ambassador must never forward (CONNECT, absolute-form to other hosts);
+//! 2. match a route; 3. request id, hop-by-hop removal, header rules, Host;
+//! 4. forward within the route's timeout: pick an endpoint, check out a pooled connection or
+//!    open one, send (a request the pool's connection never wrote is re-sent once on a fresh
+//!    connection: the keep-alive race, envoy#1979);
+//! 5. response header rules; the body streams back and is accounted for when it ends.
+
+use super::body::{ReqBody, RespBody};
+use super::headers::{is_upgrade_request, strip_hop_by_hop};
+use super::local;
+use super::observe::{ListenerObs, Observe};
+use super::route::{HostPolicy, Route};
+use super::{request_id, upgrade};
+use crate::upstream::connect::Sender;
+use crate::upstream::pool::{self, PoolReturn, Pools};
+use crate::upstream::{balance, Endpoint, UpstreamError};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// A listener as compiled: its routes and its accounting.
+pub struct ListenerCtx {
+    pub addr: SocketAddr,
+    pub routes: Vec<Arc<Route>>,
+    pub obs: Arc<ListenerObs>,
+}
+
+pub async fn handle(
+    listener: &ListenerCtx,
+    pools: &Arc<Pools>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let mut obs = Observe::start(&listener.obs, &req);
+
+    if req.method() == Method::CONNECT {
+        return local::reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect-refused",
+            "CONNECT is not supported: legate forwards only to its configured upstreams",
+            obs,
+        );
+    }
+    if req.version() < Version::HTTP_2
+        && req.uri().scheme().is_some()
+        && !is_own_authority(req.uri(), listener.addr)
+    {
+        return local::reply(
+            StatusCode::FORBIDDEN,
+            "open-proxy-refused",
+            "absolute-form request for another host: legate is not an open proxy",
+            obs,
+        );
+    }
+    let Some(route) = listener.routes.iter().find(|r| r.matcher.matches(&req)) else {
+        return local::reply(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "no route matches this request",
+            obs,
+        );
+    };
+    obs.route = Some(route.clone());
+    obs.request_id = Some(request_id::ensure(req.headers_mut()));
+
+    let client_version = req.version();
+    let wants_upgrade = client_version < Version::HTTP_2 && is_upgrade_request(req.headers());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, wants_upgrade);
+    route.request_rules.apply(&mut parts.headers);
+    let body = if body.is_end_stream() {
+        ReqBody::Empty
+    } else {
+        let counted = Arc::new(AtomicU64::new(0));
+        obs.bytes_in = Some(counted.clone());
+        ReqBody::Stream {
+            inner: body,
+            counted,
+        }
+    };
+
+    let sent = tokio::time::timeout(
+        route.timeout,
+        forward(pools, route, parts, body, wants_upgrade),
+    )
+    .await;
+    let (mut resp, pool_return, endpoint) = match sent {
+        Err(_) => {
+            tracing::warn!(route = %route.name, upstream = %route.upstream.name, timeout = ?route.timeout,
+                "upstream did not answer within the route timeout");
+            let detail = format!(
+                "upstream `{}` did not answer within {:?}",
+                route.upstream.name, route.timeout
+            );
+            return local::reply(StatusCode::GATEWAY_TIMEOUT, "timeout", &detail, obs);
+        }
+        Ok(Err(e)) => {
+            let (status, reason) = e.reply();
+            obs.endpoint = e.endpoint();
+            tracing::warn!(route = %route.name, upstream = %route.upstream.name,
+                endpoint = ?e.endpoint(), reason, error = %e, "upstream request failed");
+            return local::reply(status, reason, &e.to_string(), obs);
+        }
+        Ok(Ok(sent)) => sent,
+    };
+    obs.endpoint = Some(endpoint);
+    obs.status = resp.status().as_u16();
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client)) = (switching, client_upgrade) {
+        upgrade::bridge(client, hyper::upgrade::on(&mut resp), endpoint);
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    rparts.version = client_version;
+    strip_hop_by_hop(&mut rparts.headers, switching);
+    route.response_rules.apply(&mut rparts.headers);
+    let pool_return = if switching { None } else { pool_return };
+    Response::from_parts(rparts, RespBody::upstream(rbody, pool_return, obs))
+}
+
+/// `http://localhost:8080/x` sent to legate's own listener is an odd but harmless spelling of
+/// `/x`; any other authority would make legate an open proxy.
+fn is_own_authority(uri: &Uri, own: SocketAddr) -> bool {
+    let Some(auth) = uri.authority() else {
+        return true;
+    };
+    let port_ok = auth.port_u16().is_none_or(|p| p == own.port());
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    let host_ok = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == own.ip() || ip.is_loopback());
+    port_ok && host_ok
+}
+
+/// The Host the upstream sees.
+fn host_for(route: &Route, ep: &Endpoint, parts: &Parts) -> Option<HeaderValue> {
+    match &route.host {
+        HostPolicy::Upstream => route
+            .upstream
+            .targets
+            .get(ep.target)
+            .map(|t| t.authority.clone()),
+        HostPolicy::Literal(h) => Some(h.clone()),
+        HostPolicy::Keep => parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+    }
+}
+
+/// Rewrites the request target for the connection's protocol: origin-form for HTTP/1.1,
+/// scheme and authority (from Host) for HTTP/2, where `:authority` replaces `Host`.
+fn set_target(req: &mut Request<ReqBody>, h2: bool, tls: bool) {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !h2 {
+        *req.uri_mut() = Uri::from(pq);
+        *req.version_mut() = Version::HTTP_11;
+        return;
+    }
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let mut b = Uri::builder().scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    if let Some(a) = authority {
+        b = b.authority(a);
+    }
+    if let Ok(uri) = b.path_and_query(pq).build() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+type Forwarded = (Response<Incoming>, Option<PoolReturn>, SocketAddr);
+
+/// Picks an endpoint and sends the request there.
+pub async fn forward(
+    pools: &Arc<Pools>,
+    route: &Route,
+    mut parts: Parts,
+    body: ReqBody,
+    upgrade: bool,
+) -> Result<Forwarded, UpstreamError> {
+    let up = &route.upstream;
+    let ep = balance::pick(up, None)?;
+    match host_for(route, &ep, &parts) {
+        Some(h) => {
+            parts.headers.insert(header::HOST, h);
+        }
+        None => {
+            parts.headers.remove(header::HOST);
+        }
+    }
+    send(pools, up, &ep, Request::from_parts(parts, body), upgrade).await
+}
+
+/// Sends on a pooled connection, or a fresh one. If the pooled connection turns out to be
+/// closed before the request was written, the request comes back untouched and goes out once
+/// more on a new connection; anything written is never re-sent here (that is the retry
+/// policy's call, which knows about idempotency).
+pub async fn send(
+    pools: &Arc<Pools>,
+    up: &crate::upstream::Upstream,
+    ep: &Arc<Endpoint>,
+    mut req: Request<ReqBody>,
+    upgrade: bool,
+) -> Result<Forwarded, UpstreamError> {
+    // An upgraded connection never returns to the pool, so don't take a warm one for it.
+    let mut fresh = upgrade;
+    loop {
+        let co = pool::checkout(pools, up, ep, fresh).await?;
+        let tls = up.tls.is_some();
+        let result = match co.sender {
+            Sender::H1(mut tx) => {
+                set_target(&mut req, false, tls);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        return Ok((
+                            resp,
+                            Some(PoolReturn::new(pools.clone(), up, ep.addr, tx)),
+                            ep.addr,
+                        ))
+                    }
+                    Err(e) => e,
+                }
+            }
+            Sender::H2(mut tx) => {
+                if upgrade {
+                    return Err(UpstreamError::UpgradeUnsupported { endpoint: ep.addr });
+                }
+                set_target(&mut req, true, tls);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, None, ep.addr)),
+                    Err(e) => e,
+                }
+            }
+        };
+        let mut err = result;
+        match err.take_message() {
+            Some(unsent) if co.reused => {
+                tracing::debug!(endpoint = %ep.addr, "pooled connection was closed before the request was written; resending on a new connection");
+                req = unsent;
+                fresh = true;
+            }
+            _ => return Err(UpstreamError::from_send(ep.addr, err.into_error())),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `x-request-id`: kept when the client sent one, otherwise a random UUIDv4 is added so the
+//! request can be followed through the access log and the upstream's logs.
+
+use http::{HeaderMap, HeaderValue};
+use std::cell::Cell;
+
+pub const HEADER: &str = "x-request-id";
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish() | 1
+}
+
+/// splitmix64: fast, and good enough for identifiers and jitter (not for secrets).
+pub fn next() -> u64 {
+    STATE.with(|s| {
+        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+pub fn generate() -> HeaderValue {
+    let hi = next();
+    let lo = next();
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_be_bytes());
+    b[8..].copy_from_slice(&lo.to_be_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[(byte >> 4) as usize];
+        out[o + 1] = HEX[(byte & 0xf) as usize];
+        o += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Returns the request's id, adding one when absent.
+pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(HEADER) {
+        return v.clone();
+    }
+    let v = generate();
+    headers.insert(HEADER, v.clone());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn uuid_shape_and_uniqueness() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("given"));
+        assert_eq!(ensure(&mut h), "given");
+    }
+}

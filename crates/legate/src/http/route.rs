@@ -1,0 +1,135 @@
+//! Routes: which requests go to which upstream, with what timeout and header rules. The first
+//! route that matches wins, in the order written.
+
+use super::headers::CompiledRules;
+use crate::config::{HostRewrite, RouteConfig};
+use crate::telemetry::metrics::RouteMetrics;
+use crate::upstream::Upstream;
+use http::{HeaderName, HeaderValue, Method, Request};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug)]
+pub struct Matcher {
+    pub path: PathMatch,
+    pub methods: Vec<Method>,
+    /// `None` value: the header only has to be present.
+    pub headers: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl Matcher {
+    pub fn matches<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        let path_ok = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+        };
+        path_ok
+            && (self.methods.is_empty() || self.methods.contains(req.method()))
+            && self.headers.iter().all(|(n, v)| match v {
+                None => req.headers().contains_key(n),
+                Some(v) => req.headers().get_all(n).iter().any(|have| have == v),
+            })
+    }
+}
+
+#[derive(Debug)]
+pub enum HostPolicy {
+    Upstream,
+    Keep,
+    Literal(HeaderValue),
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub upstream: Arc<Upstream>,
+    pub timeout: Duration,
+    pub host: HostPolicy,
+    pub request_rules: CompiledRules,
+    pub response_rules: CompiledRules,
+    pub metrics: RouteMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route `{route}`: {reason}")]
+pub struct RouteError {
+    pub route: String,
+    pub reason: String,
+}
+
+impl Route {
+    pub fn compile(
+        cfg: &RouteConfig,
+        upstream: Arc<Upstream>,
+        metrics: RouteMetrics,
+    ) -> Result<Self, RouteError> {
+        let err = |reason: String| RouteError {
+            route: cfg.name.clone(),
+            reason,
+        };
+        let m = &cfg.match_;
+        let path = match (&m.path, &m.path_prefix) {
+            (Some(p), _) => PathMatch::Exact(p.clone()),
+            (None, Some(p)) if p != "/" => PathMatch::Prefix(p.clone()),
+            _ => PathMatch::Any,
+        };
+        let methods = m
+            .methods
+            .iter()
+            .map(|s| {
+                Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| err(format!("bad method `{s}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let headers = m
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| err(format!("bad header `{k}`")))?;
+                let value = if v == "*" {
+                    None
+                } else {
+                    Some(
+                        HeaderValue::from_str(v)
+                            .map_err(|_| err(format!("bad value for `{k}`")))?,
+                    )
+                };
+                Ok((name, value))
+            })
+            .collect::<Result<_, RouteError>>()?;
+        let host = match &cfg.host_rewrite {
+            HostRewrite::Upstream => HostPolicy::Upstream,
+            HostRewrite::Keep => HostPolicy::Keep,
+            HostRewrite::Literal(h) => HostPolicy::Literal(
+                HeaderValue::from_str(h).map_err(|_| err(format!("bad host `{h}`")))?,
+            ),
+        };
+        Ok(Self {
+            name: Arc::from(cfg.name.as_str()),
+            matcher: Matcher {
+                path,
+                methods,
+                headers,
+            },
+            upstream,
+            timeout: cfg.timeout.get(),
+            host,
+            request_rules: CompiledRules::compile(&cfg.request_headers)
+                .map_err(|e| err(e.to_string()))?,
+            response_rules: CompiledRules::compile(&cfg.response_headers)
+                .map_err(|e| err(e.to_string()))?,
+            metrics,
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! The `legate` command line. Everything else lives in the library.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use legate::config::quick::{self, QuickHttp};
+use legate::config::{self, AccessLogMode, AdminListen, ConfigDuration, ListenAddr};
+use legate::server::{self, Options};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "legate",
+    version,
+    about = "A small, fast ambassador sidecar proxy"
+)]
+struct Cli {
+    /// Log level or filter (e.g. `debug`, `legate=debug,info`); defaults to RUST_LOG, then info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run with a config file.
+    Run {
+        #[arg(short, long, env = "LEGATE_CONFIG")]
+        config: PathBuf,
+        /// Worker threads (overrides `runtime.workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate a config file: every problem as FILE:LINE:COL: path: message.
+    Check {
+        #[arg(short, long, env = "LEGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Quick mode: proxy one local port to one upstream, no file needed.
+    Http(HttpArgs),
+    /// The embedded demo: a flaky upstream, legate in front, and the naive client.
+    Demo(legate::demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// Local address to listen on (loopback unless an IP is given).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Upstream URL (http:// or https://); repeat for more endpoints of the same service.
+    #[arg(long = "upstream", required = true)]
+    upstreams: Vec<String>,
+    /// Set a request header for the upstream: NAME=VALUE; repeatable.
+    #[arg(long = "set-header", value_name = "NAME=VALUE")]
+    set_headers: Vec<String>,
+    /// Admin address, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Access log: `json` or `off`.
+    #[arg(long, default_value = "json")]
+    access_log: String,
+    /// Worker threads (default: the CPUs this container may use).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Whole-request timeout for the route (default 15s).
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Print the equivalent YAML config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
+    let listen = ListenAddr::parse(&a.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let admin = if a.admin == "off" {
+        AdminListen::Off
+    } else {
+        AdminListen::Addr(ListenAddr::parse(&a.admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?)
+    };
+    let access_log = match a.access_log.as_str() {
+        "json" => AccessLogMode::Json,
+        "off" => AccessLogMode::Off,
+        other => anyhow::bail!("--access-log: `{other}` is not `json` or `off`"),
+    };
+    let set_headers = a
+        .set_headers
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--set-header `{kv}`: write NAME=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let timeout = a
+        .timeout
+        .as_deref()
+        .map(|t| {
+            config::duration::parse_duration(t)
+                .map(ConfigDuration)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))
+        })
+        .transpose()?;
+    let cfg = quick::build(&QuickHttp {
+        listen,
+        upstreams: a.upstreams.clone(),
+        set_headers,
+        admin,
+        access_log,
+        workers: a.workers,
+        timeout,
+    })?;
+    let issues = config::validate::validate(&cfg);
+    if let Some(first) = issues.first() {
+        anyhow::bail!("{}: {}", first.path, first.message);
+    }
+    Ok(cfg)
+}
+
+fn run(cfg: config::Config) -> anyhow::Result<()> {
+    let running = server::start(
+        cfg,
+        Options {
+            handle_signals: true,
+            ..Default::default()
+        },
+    )
+    .context("cannot start legate")?;
+    running.wait();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => {
+            return match config::load_file(&config) {
+                Ok(cfg) => {
+                    let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
+                    println!(
+                        "{}: ok ({} listener(s), {} route(s), {} upstream(s))",
+                        config.display(),
+                        cfg.listeners.len(),
+                        routes,
+                        cfg.upstreams.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    for line in e.lines() {
+                        eprintln!("{line}");
+                    }
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::Http(args) => match quick_config(&args) {
+            Ok(cfg) if args.print_config => {
+                print!("{}", config::to_yaml(&cfg));
+                return ExitCode::SUCCESS;
+            }
+            Ok(cfg) => {
+                legate::telemetry::logging::init(cli.log_level.as_deref());
+                run(cfg)
+            }
+            Err(e) => Err(e),
+        },
+        Command::Run { config, workers } => {
+            legate::telemetry::logging::init(cli.log_level.as_deref());
+            match config::load_file(&config) {
+                Ok(mut cfg) => {
+                    if workers.is_some() {
+                        cfg.runtime.workers = workers;
+                    }
+                    run(cfg)
+                }
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        }
+        Command::Demo(args) => {
+            legate::telemetry::logging::init(Some(cli.log_level.as_deref().unwrap_or("error")));
+            legate::demo::run(args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("legate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Putting it together: compile the config, bind every socket, start the workers (one
+//! single-threaded event loop per thread, nginx-style) and the control thread (admin, DNS,
+//! signals), and drain on shutdown.
+
+use crate::admin::{self, Admin};
+use crate::config::{self, AdminListen, Config};
+use crate::http::observe::ListenerObs;
+use crate::http::proxy::ListenerCtx;
+use crate::http::route::{Route, RouteError};
+use crate::http::server as http_server;
+use crate::lifecycle::{self, State};
+use crate::listen::{self, BindError};
+use crate::telemetry::access_log::{AccessLog, Sink};
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::discovery::{self, Resolver};
+use crate::upstream::pool::Pools;
+use crate::upstream::{BuildError, Upstream};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Upstream(#[from] BuildError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("invalid config:\n{0}")]
+    Invalid(String),
+    #[error("cannot start a runtime thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How to run, beyond the config itself.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub access_log_sink: Sink,
+    /// Install SIGTERM/SIGINT handlers (the binary does; in-process tests do not).
+    pub handle_signals: bool,
+}
+
+/// A running legate.
+pub struct Running {
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin_addr: Option<SocketAddr>,
+    pub state: Arc<State>,
+    pub metrics: Arc<Metrics>,
+    pub workers: usize,
+    worker_threads: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
+    stop_control: watch::Sender<bool>,
+}
+
+impl Running {
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Starts the drain (as SIGTERM would).
+    pub fn shutdown(&self) {
+        self.state.begin_shutdown("shutdown requested");
+    }
+
+    /// Blocks until every worker has drained and stopped.
+    pub fn wait(mut self) {
+        for t in self.worker_threads.drain(..) {
+            let _ = t.join();
+        }
+        self.stop_control.send_replace(true);
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+/// Worker threads to run: the configured number, or what this process may use (std reads the
+/// cgroup CPU quota and the affinity mask, so a 100m-limited container gets 1, not the node's).
+pub fn worker_count(cfg: &Config) -> usize {
+    cfg.runtime
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1)
+}
+
+/// Redacted YAML of the effective config for `/config`.
+fn effective_yaml(cfg: &Config) -> String {
+    config::to_yaml(cfg)
+}
+
+pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
+    let issues = config::validate::validate(&cfg);
+    if !issues.is_empty() {
+        let text = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(StartError::Invalid(text));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(State::new());
+    let workers = worker_count(&cfg);
+
+    let upstreams = cfg
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| Upstream::build(i, u, metrics.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Bind everything before starting anything, so a taken port fails the start cleanly.
+    let mut per_worker: Vec<
+        Vec<(
+            std::net::TcpListener,
+            Arc<ListenerCtx>,
+            Arc<http_server::ConnBuilder>,
+        )>,
+    > = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    let access_log = AccessLog::new(cfg.access_log, opts.access_log_sink.clone());
+    for l in &cfg.listeners {
+        let sockets = listen::bind_shared(&format!("listener `{}`", l.name), l.listen.0, workers)?;
+        let addr = sockets[0].local_addr().map_err(|source| BindError {
+            what: format!("listener `{}`", l.name),
+            addr: l.listen.0,
+            source,
+        })?;
+        let obs = Arc::new(ListenerObs {
+            name: Arc::from(l.name.as_str()),
+            access_log: access_log.clone(),
+            inflight: metrics.listener_inflight(&l.name),
+            unrouted: metrics.route(&l.name, "", ""),
+            metrics: metrics.clone(),
+        });
+        let mut routes = Vec::with_capacity(l.routes.len());
+        for r in &l.routes {
+            let Some(up) = upstreams.iter().find(|u| &*u.name == r.upstream.as_str()) else {
+                return Err(StartError::Invalid(format!(
+                    "route `{}` names unknown upstream `{}`",
+                    r.name, r.upstream
+                )));
+            };
+            let rm = metrics.route(&l.name, &r.name, &r.upstream);
+            routes.push(Arc::new(Route::compile(r, up.clone(), rm)?));
+        }
+        let ctx = Arc::new(ListenerCtx { addr, routes, obs });
+        let builder = Arc::new(http_server::builder(&l.limits));
+        for (w, s) in sockets.into_iter().enumerate() {
+            per_worker[w].push((s, ctx.clone(), builder.clone()));
+        }
+        tracing::info!(listener = %l.name, %addr, workers, "listening");
+        bound.push((l.name.clone(), addr));
+    }
+    let admin_socket = match cfg.admin.listen {
+        AdminListen::Off => None,
+        AdminListen::Addr(a) => Some(listen::bind_shared("admin", a.0, 1)?.remove(0)),
+    };
+    let admin_addr = admin_socket.as_ref().and_then(|s| s.local_addr().ok());
+
+    let drain = cfg.shutdown.drain_timeout.get();
+    let mut worker_threads = Vec::with_capacity(workers);
+    for (i, listeners) in per_worker.into_iter().enumerate() {
+        let shutdown = state.subscribe();
+        let t = std::thread::Builder::new()
+            .name(format!("legate-worker-{i}"))
+            .spawn(move || run_worker(listeners, shutdown, drain))
+            .map_err(StartError::Thread)?;
+        worker_threads.push(t);
+    }
+
+    let (stop_control, stop_rx) = watch::channel(false);
+    let control = {
+        let state = state.clone();
+        let admin = Arc::new(Admin {
+            state: state.clone(),
+            metrics: metrics.clone(),
+            config_yaml: effective_yaml(&cfg),
+        });
+        let handle_signals = opts.handle_signals;
+        std::thread::Builder::new()
+            .name("legate-control".into())
+            .spawn(move || {
+                run_control(
+                    upstreams,
+                    admin,
+                    admin_socket,
+                    state,
+                    handle_signals,
+                    stop_rx,
+                )
+            })
+            .map_err(StartError::Thread)?
+    };
+    if let Some(a) = admin_addr {
+        tracing::info!(addr = %a, "admin listening");
+    }
+    Ok(Running {
+        listeners: bound,
+        admin_addr,
+        state,
+        metrics,
+        workers,
+        worker_threads,
+        control: Some(control),
+        stop_control,
+    })
+}
+
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the async runtime");
+            None
+        }
+    }
+}
+
+type WorkerListener = (
+    std::net::TcpListener,
+    Arc<ListenerCtx>,
+    Arc<http_server::ConnBuilder>,
+);
+
+fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, drain: Duration) {
+    let Some(rt) = current_thread_runtime() else {
+        return;
+    };
+    rt.block_on(async move {
+        let pools = Arc::new(Pools::default());
+        let sweeper = {
+            let pools = pools.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    pools.sweep();
+                }
+            })
+        };
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut loops = Vec::new();
+        for (socket, ctx, builder) in listeners {
+            loops.push(tokio::spawn(listen::accept_loop(
+                socket,
+                ctx,
+                builder,
+                pools.clone(),
+                graceful.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+        sweeper.abort();
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            return;
+        };
+        let open = graceful.count();
+        if open > 0
+            && tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+    });
+}
+
+fn run_control(
+    upstreams: Vec<Arc<Upstream>>,
+    admin: Arc<Admin>,
+    admin_socket: Option<std::net::TcpListener>,
+    state: Arc<State>,
+    handle_signals: bool,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(rt) = current_thread_runtime() else {
+        state.begin_shutdown("no runtime for the control thread");
+        return;
+    };
+    rt.block_on(async move {
+        if handle_signals {
+            tokio::spawn(lifecycle::watch_signals(state.clone()));
+        }
+        if let Some(socket) = admin_socket {
+            tokio::spawn(admin::serve(socket, admin.clone(), stop.clone()));
+        }
+        let resolver = Arc::new(Resolver::from_system());
+        discovery::resolve_initial(&resolver, &upstreams, Duration::from_secs(5)).await;
+        for up in &upstreams {
+            for (target, spec) in up.dns_targets() {
+                tokio::spawn(discovery::refresh_loop(
+                    resolver.clone(),
+                    up.clone(),
+                    target,
+                    spec,
+                ));
+            }
+        }
+        state.set_ready();
+        tracing::info!("ready");
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+    });
+}

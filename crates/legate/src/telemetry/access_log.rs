@@ -1,0 +1,207 @@
+//! The access log: one JSON line per request, written when the response body ends (so byte
+//! counts and duration cover the whole exchange, like nginx's log phase).
+
+use crate::config::AccessLogMode;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where access log lines go.
+#[derive(Clone, Default)]
+pub enum Sink {
+    #[default]
+    Stdout,
+    /// Kept in memory; for tests and the demo.
+    Memory(Arc<Mutex<Vec<String>>>),
+}
+
+#[derive(Clone, Default)]
+pub struct AccessLog {
+    pub enabled: bool,
+    pub sink: Sink,
+}
+
+impl AccessLog {
+    pub fn new(mode: AccessLogMode, sink: Sink) -> Self {
+        Self {
+            enabled: mode == AccessLogMode::Json,
+            sink,
+        }
+    }
+
+    pub fn write(&self, entry: &Entry<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let line = entry.to_json();
+        match &self.sink {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout must not take the proxy down; the line is lost, requests go on.
+                let _ = out.write_all(line.as_bytes());
+            }
+            Sink::Memory(lines) => {
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        }
+    }
+}
+
+/// Everything one access log line says.
+pub struct Entry<'a> {
+    pub ts: SystemTime,
+    pub request_id: &'a str,
+    pub listener: &'a str,
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub protocol: &'a str,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub upstream: &'a str,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<&'a str>,
+    /// The client went away before the response body ended.
+    pub aborted: bool,
+}
+
+impl Entry<'_> {
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(320);
+        s.push_str("{\"ts\":\"");
+        write_rfc3339(&mut s, self.ts);
+        s.push_str("\",\"type\":\"access\",\"request_id\":");
+        json_str(&mut s, self.request_id);
+        s.push_str(",\"listener\":");
+        json_str(&mut s, self.listener);
+        s.push_str(",\"route\":");
+        json_str(&mut s, self.route);
+        s.push_str(",\"method\":");
+        json_str(&mut s, self.method);
+        s.push_str(",\"path\":");
+        json_str(&mut s, self.path);
+        s.push_str(",\"protocol\":");
+        json_str(&mut s, self.protocol);
+        let _ = write!(
+            s,
+            ",\"status\":{},\"duration_ms\":{:.3},\"upstream\":",
+            self.status, self.duration_ms
+        );
+        json_str(&mut s, self.upstream);
+        s.push_str(",\"endpoint\":");
+        match self.endpoint {
+            Some(ep) => {
+                let _ = write!(s, "\"{ep}\"");
+            }
+            None => s.push_str("null"),
+        }
+        let _ = write!(
+            s,
+            ",\"bytes_in\":{},\"bytes_out\":{},\"error\":",
+            self.bytes_in, self.bytes_out
+        );
+        match self.error {
+            Some(e) => json_str(&mut s, e),
+            None => s.push_str("null"),
+        }
+        if self.aborted {
+            s.push_str(",\"aborted\":true");
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-26T03:42:39.123Z` without pulling in a date crate.
+pub fn write_rfc3339(out: &mut String, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_timestamps() {
+        let mut s = String::new();
+        write_rfc3339(
+            &mut s,
+            UNIX_EPOCH + Duration::from_millis(1_795_664_559_123),
+        );
+        assert_eq!(s, "2026-11-26T03:42:39.123Z");
+        s.clear();
+        write_rfc3339(&mut s, UNIX_EPOCH);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn line_is_valid_json_with_escapes() {
+        let e = Entry {
+            ts: UNIX_EPOCH,
+            request_id: "r1",
+            listener: "app",
+            route: "default",
+            method: "GET",
+            path: "/a\"b\n",
+            protocol: "HTTP/1.1",
+            status: 502,
+            duration_ms: 1.5,
+            upstream: "api",
+            endpoint: Some("127.0.0.1:9".parse().unwrap()),
+            bytes_in: 0,
+            bytes_out: 10,
+            error: Some("connect-refused"),
+            aborted: false,
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["path"], "/a\"b\n");
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["endpoint"], "127.0.0.1:9");
+        assert_eq!(v["error"], "connect-refused");
+    }
+}

@@ -1,0 +1,267 @@
+//! The metrics registry. Label sets are resolved once when the config is compiled, so the
+//! request path only touches atomics (`RouteMetrics`), never the families' maps.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub route: String,
+    pub upstream: String,
+    pub code_class: CodeClass,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CodeClass {
+    C1xx,
+    C2xx,
+    C3xx,
+    C4xx,
+    C5xx,
+}
+
+impl EncodeLabelValue for CodeClass {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            CodeClass::C1xx => "1xx",
+            CodeClass::C2xx => "2xx",
+            CodeClass::C3xx => "3xx",
+            CodeClass::C4xx => "4xx",
+            CodeClass::C5xx => "5xx",
+        })
+    }
+}
+
+impl CodeClass {
+    pub const ALL: [CodeClass; 5] = [
+        CodeClass::C1xx,
+        CodeClass::C2xx,
+        CodeClass::C3xx,
+        CodeClass::C4xx,
+        CodeClass::C5xx,
+    ];
+
+    /// Index into `ALL` for a status code (codes outside 100..600 count as 5xx).
+    pub fn index(status: u16) -> usize {
+        match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: String,
+    pub route: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub upstream: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub listener: String,
+    pub route: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(
+        [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]
+        .into_iter(),
+    )
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub inflight: Family<ListenerLabels, Gauge>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub connections_active: Family<EndpointLabels, Gauge>,
+    pub connections_opened: Family<EndpointLabels, Counter>,
+    pub connections_reused: Family<EndpointLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("legate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let inflight = Family::<ListenerLabels, Gauge>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let connections_active = Family::<EndpointLabels, Gauge>::default();
+        let connections_opened = Family::<EndpointLabels, Counter>::default();
+        let connections_reused = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by status class",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request arrival to the end of the response body",
+            duration.clone(),
+        );
+        registry.register(
+            "http_inflight_requests",
+            "Requests being served now",
+            inflight.clone(),
+        );
+        registry.register(
+            "http_local_errors",
+            "Responses legate answered itself, by legate-error reason",
+            errors.clone(),
+        );
+        registry.register(
+            "upstream_connections_active",
+            "Open connections to upstream endpoints",
+            connections_active.clone(),
+        );
+        registry.register(
+            "upstream_connections_opened",
+            "Connections opened to upstream endpoints",
+            connections_opened.clone(),
+        );
+        registry.register(
+            "upstream_connections_reused",
+            "Requests sent on a pooled (reused) upstream connection",
+            connections_reused.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            inflight,
+            errors,
+            connections_active,
+            connections_opened,
+            connections_reused,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.push_str("# encoding failed\n");
+        }
+        out
+    }
+
+    /// Handles for one route, resolved once at config compile time.
+    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
+        let by_class = CodeClass::ALL.map(|code_class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    listener: listener.to_string(),
+                    route: route.to_string(),
+                    upstream: upstream.to_string(),
+                    code_class,
+                })
+                .clone()
+        });
+        let labels = RouteLabels {
+            listener: listener.to_string(),
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+        };
+        RouteMetrics {
+            by_class,
+            duration: self.duration.get_or_create(&labels).clone(),
+            labels,
+        }
+    }
+
+    pub fn listener_inflight(&self, listener: &str) -> Gauge {
+        self.inflight
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    pub fn local_error(&self, route: &RouteLabels, reason: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                listener: route.listener.clone(),
+                route: route.route.clone(),
+                upstream: route.upstream.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
+        let labels = EndpointLabels {
+            upstream: upstream.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        EndpointMetrics {
+            active: self.connections_active.get_or_create(&labels).clone(),
+            opened: self.connections_opened.get_or_create(&labels).clone(),
+            reused: self.connections_reused.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+/// Per-route metric handles: plain atomics on the request path.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    pub by_class: [Counter; 5],
+    pub duration: Histogram,
+    pub labels: RouteLabels,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.by_class[CodeClass::index(status)].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EndpointMetrics {
+    pub active: Gauge,
+    pub opened: Counter,
+    pub reused: Counter,
+}

@@ -1,0 +1,170 @@
+//! Opening a connection to one endpoint: TCP (with connect timeout), TLS when configured, then
+//! the HTTP/1.1 or HTTP/2 handshake. The connection is driven by its own task, which keeps the
+//! `legate_upstream_connections_active` gauge honest by decrementing it when the task ends.
+
+use super::{Endpoint, Upstream, UpstreamError};
+use crate::config::UpstreamProtocol;
+use crate::http::body::ReqBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A request sender for one upstream connection.
+pub enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// Plain TCP or TLS over TCP.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+async fn connect_tcp(up: &Upstream, ep: &Endpoint) -> Result<TcpStream, UpstreamError> {
+    let endpoint = ep.addr;
+    let stream = match tokio::time::timeout(up.connect_timeout, TcpStream::connect(endpoint)).await
+    {
+        Err(_) => {
+            return Err(UpstreamError::ConnectTimeout {
+                endpoint,
+                timeout: up.connect_timeout,
+            })
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            return Err(UpstreamError::ConnectRefused { endpoint })
+        }
+        Ok(Err(source)) => return Err(UpstreamError::Connect { endpoint, source }),
+        Ok(Ok(s)) => s,
+    };
+    // Requests are small writes that must leave now; Nagle would hold them for the ACK.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens a new connection to `ep` and performs the HTTP handshake.
+pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError> {
+    let endpoint = ep.addr;
+    let tcp = connect_tcp(up, ep).await?;
+    let (io, h2) = match (
+        &up.tls,
+        up.targets
+            .get(ep.target)
+            .and_then(|t| t.server_name.clone()),
+    ) {
+        (Some(tls), Some(name)) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let handshake = connector.connect(name, tcp);
+            let stream = match tokio::time::timeout(up.connect_timeout, handshake).await {
+                Err(_) => {
+                    return Err(UpstreamError::ConnectTimeout {
+                        endpoint,
+                        timeout: up.connect_timeout,
+                    })
+                }
+                Ok(Err(source)) => return Err(UpstreamError::Tls { endpoint, source }),
+                Ok(Ok(s)) => s,
+            };
+            let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let h2 = match up.protocol {
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Auto => alpn_h2,
+            };
+            (Io::Tls(Box::new(stream)), h2)
+        }
+        _ => (Io::Plain(tcp), up.protocol == UpstreamProtocol::Http2),
+    };
+    let io = TokioIo::new(io);
+    let metrics = ep.metrics.clone();
+    let sender = if h2 {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
+        metrics.active.inc();
+        let active = metrics.active.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream h2 connection ended with error");
+            }
+            active.dec();
+        });
+        Sender::H2(tx)
+    } else {
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
+        metrics.active.inc();
+        let active = metrics.active.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection ended with error");
+            }
+            active.dec();
+        });
+        Sender::H1(tx)
+    };
+    metrics.opened.inc();
+    Ok(sender)
+}

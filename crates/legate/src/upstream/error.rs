@@ -1,0 +1,127 @@
+//! Why reaching an upstream failed, and how each failure is answered.
+
+use super::UpstreamName;
+use http::StatusCode;
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{upstream}` has no endpoint to send to (targets: {targets}; check that the names resolve)")]
+    NoEndpoint {
+        upstream: UpstreamName,
+        targets: String,
+    },
+    #[error("connection to {endpoint} refused: is the service listening there?")]
+    ConnectRefused { endpoint: SocketAddr },
+    #[error("connecting to {endpoint} timed out after {timeout:?} (upstream connect_timeout)")]
+    ConnectTimeout {
+        endpoint: SocketAddr,
+        timeout: std::time::Duration,
+    },
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {endpoint} failed: {source}")]
+    Tls {
+        endpoint: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {endpoint} failed: {source}")]
+    Handshake {
+        endpoint: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("{endpoint} closed or reset the connection before answering: {source}")]
+    Reset {
+        endpoint: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("{endpoint} sent a response that is not valid HTTP: {source}")]
+    Protocol {
+        endpoint: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("{endpoint} speaks HTTP/2, which cannot carry an HTTP/1.1 Upgrade (WebSocket); set the upstream's protocol to http1")]
+    UpgradeUnsupported { endpoint: SocketAddr },
+    #[error("request to {endpoint} failed: {source}")]
+    Request {
+        endpoint: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// The status and `legate-error` reason the client sees.
+    pub fn reply(&self) -> (StatusCode, &'static str) {
+        match self {
+            UpstreamError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoint"),
+            UpstreamError::ConnectRefused { .. } => (StatusCode::BAD_GATEWAY, "connect-refused"),
+            UpstreamError::ConnectTimeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "connect-timeout")
+            }
+            UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, "connect-failed"),
+            UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "tls-handshake"),
+            UpstreamError::Handshake { .. } => (StatusCode::BAD_GATEWAY, "upstream-handshake"),
+            UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+            UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
+            UpstreamError::UpgradeUnsupported { .. } => {
+                (StatusCode::BAD_GATEWAY, "upgrade-unsupported")
+            }
+            UpstreamError::Request { .. } => (StatusCode::BAD_GATEWAY, "upstream-error"),
+        }
+    }
+
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamError::NoEndpoint { .. } => None,
+            UpstreamError::ConnectRefused { endpoint }
+            | UpstreamError::ConnectTimeout { endpoint, .. }
+            | UpstreamError::Connect { endpoint, .. }
+            | UpstreamError::Tls { endpoint, .. }
+            | UpstreamError::Handshake { endpoint, .. }
+            | UpstreamError::Reset { endpoint, .. }
+            | UpstreamError::Protocol { endpoint, .. }
+            | UpstreamError::UpgradeUnsupported { endpoint }
+            | UpstreamError::Request { endpoint, .. } => Some(*endpoint),
+        }
+    }
+
+    /// Classifies an error from sending a request on an established connection.
+    pub fn from_send(endpoint: SocketAddr, e: hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+            UpstreamError::Protocol {
+                endpoint,
+                source: e,
+            }
+        } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() || is_io_reset(&e) {
+            UpstreamError::Reset {
+                endpoint,
+                source: e,
+            }
+        } else {
+            UpstreamError::Request {
+                endpoint,
+                source: e,
+            }
+        }
+    }
+}
+
+fn is_io_reset(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        src = s.source();
+    }
+    false
+}

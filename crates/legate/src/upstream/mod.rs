@@ -1,0 +1,219 @@
+//! Upstream clusters: where a service's endpoints are (`discovery`), which one a request goes
+//! to (`balance`), and the connections to them (`connect`, `pool`).
+
+pub mod balance;
+pub mod connect;
+pub mod discovery;
+pub mod error;
+pub mod pool;
+
+pub use error::UpstreamError;
+
+use crate::config::endpoint::{host_authority, EndpointSpec, UpstreamUrl};
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::telemetry::metrics::{EndpointMetrics, Metrics};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An upstream's name; cheap to clone into logs and labels.
+pub type UpstreamName = Arc<str>;
+
+/// One configured `host:port` entry with what requests to it need.
+#[derive(Debug)]
+pub struct Target {
+    pub spec: EndpointSpec,
+    /// Sent as Host when the route rewrites Host to the upstream (the default).
+    pub authority: HeaderValue,
+    /// SNI and certificate name for TLS.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+/// One resolved address of a target. Kept in an `Arc` so state attached to it (metrics now,
+/// health and outlier state later) survives re-resolution when the address stays.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub target: usize,
+    pub metrics: EndpointMetrics,
+}
+
+#[derive(Debug)]
+pub struct TlsOrigin {
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_idle_per_endpoint: usize,
+    pub idle_timeout: Duration,
+}
+
+/// An upstream cluster as compiled from config; shared by every worker.
+#[derive(Debug)]
+pub struct Upstream {
+    pub index: usize,
+    pub name: UpstreamName,
+    pub tls: Option<TlsOrigin>,
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub pool: PoolSettings,
+    pub dns_refresh: Duration,
+    pub targets: Vec<Target>,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    rr: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("upstream `{upstream}`: {reason}")]
+    Invalid { upstream: String, reason: String },
+    #[error("upstream `{upstream}`: cannot set up TLS: {source}")]
+    Tls {
+        upstream: String,
+        source: rustls::Error,
+    },
+}
+
+impl Upstream {
+    pub fn build(
+        index: usize,
+        cfg: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BuildError> {
+        let invalid = |reason: String| BuildError::Invalid {
+            upstream: cfg.name.clone(),
+            reason,
+        };
+        let (specs, tls) = match &cfg.url {
+            Some(url) => {
+                let u = UpstreamUrl::parse(url).map_err(invalid)?;
+                (vec![u.endpoint], u.tls || cfg.tls.is_some())
+            }
+            None => {
+                let specs = cfg
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointSpec::parse(e))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?;
+                (specs, cfg.tls.is_some())
+            }
+        };
+        let server_name_override = cfg.tls.as_ref().and_then(|t| t.server_name.clone());
+        let mut targets = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let authority = HeaderValue::from_str(&host_authority(&spec, tls))
+                .map_err(|_| invalid(format!("`{spec}` is not a valid Host")))?;
+            let server_name = if tls {
+                let name = server_name_override
+                    .clone()
+                    .unwrap_or_else(|| spec.host.clone());
+                Some(
+                    ServerName::try_from(name.clone())
+                        .map_err(|_| invalid(format!("`{name}` is not a valid TLS server name")))?,
+                )
+            } else {
+                None
+            };
+            targets.push(Target {
+                spec,
+                authority,
+                server_name,
+            });
+        }
+        let tls = if tls {
+            let alpn: &[&[u8]] = match cfg.protocol {
+                UpstreamProtocol::Http1 => &[b"http/1.1"],
+                UpstreamProtocol::Http2 => &[b"h2"],
+                UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
+            };
+            let config = crate::tls::client_config(alpn).map_err(|source| BuildError::Tls {
+                upstream: cfg.name.clone(),
+                source,
+            })?;
+            Some(TlsOrigin { config })
+        } else {
+            None
+        };
+        let up = Self {
+            index,
+            name: Arc::from(cfg.name.as_str()),
+            tls,
+            protocol: cfg.protocol,
+            connect_timeout: cfg.connect_timeout.get(),
+            pool: PoolSettings {
+                max_idle_per_endpoint: cfg.pool.max_idle_per_endpoint,
+                idle_timeout: cfg.pool.idle_timeout.get(),
+            },
+            dns_refresh: cfg.dns_refresh.get(),
+            targets,
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            rr: AtomicUsize::new(0),
+            metrics,
+        };
+        // IP literals need no discovery: they are endpoints from the start.
+        let literal: Vec<(usize, SocketAddr)> = up
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.spec.ip().map(|ip| (i, SocketAddr::new(ip, t.spec.port))))
+            .collect();
+        up.update_endpoints(literal.iter().map(|&(i, a)| (i, vec![a])).collect());
+        Ok(up)
+    }
+
+    /// The endpoints requests can go to now.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>> {
+        self.endpoints.load()
+    }
+
+    /// Replaces the addresses of the given targets, keeping the other targets' endpoints and
+    /// reusing `Endpoint`s whose address did not change.
+    pub fn update_endpoints(&self, resolved: Vec<(usize, Vec<SocketAddr>)>) {
+        let current = self.endpoints.load_full();
+        let mut next: Vec<Arc<Endpoint>> = current
+            .iter()
+            .filter(|e| !resolved.iter().any(|(t, _)| *t == e.target))
+            .cloned()
+            .collect();
+        for (target, addrs) in resolved {
+            for addr in addrs {
+                if let Some(existing) = current
+                    .iter()
+                    .find(|e| e.target == target && e.addr == addr)
+                {
+                    next.push(existing.clone());
+                } else {
+                    let metrics = self.metrics.endpoint(&self.name, &addr.to_string());
+                    next.push(Arc::new(Endpoint {
+                        addr,
+                        target,
+                        metrics,
+                    }));
+                }
+            }
+        }
+        next.sort_by_key(|e| (e.target, e.addr));
+        self.endpoints.store(Arc::new(next));
+    }
+
+    /// Names that need DNS, with their target index.
+    pub fn dns_targets(&self) -> Vec<(usize, EndpointSpec)> {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.spec.ip().is_none())
+            .map(|(i, t)| (i, t.spec.clone()))
+            .collect()
+    }
+
+    pub fn rr_counter(&self) -> &AtomicUsize {
+        &self.rr
+    }
+}
