@@ -234,6 +234,29 @@ rss_kib() {
     echo "$total"
 }
 
+# foreign_ticks: CPU ticks (utime+stime+cutime+cstime) of every process that
+# is not this script or one of its descendants. Counting the reaped-children
+# times too means short-lived processes (compilers, test binaries) show up in
+# a surviving ancestor. The delta over a window is CPU used by others.
+foreign_ticks() {
+    local -A ours=()
+    local p f line total=0
+    local -a fl
+    for p in $(tree_pids $$); do
+        ours[$p]=1
+    done
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        p=${line%% *}
+        [[ -n ${ours[$p]:-} ]] && continue
+        read -r -a fl <<<"${line##*) }"
+        total=$((total + fl[11] + fl[12] + fl[13] + fl[14]))
+    done
+    echo "$total"
+}
+
+now() { date +%s.%N; }
+
 kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # json_num JSON KEY: numeric field from loadgen's one-line JSON.
@@ -391,10 +414,17 @@ declare -A label max_rps cpu_us p50 p99 idle_mib hold_mib notes util
 
 add_note() { notes[$1]+="${notes[$1]:+; }$2"; }
 
+# Other processes using more than this share of one core while a system is
+# measured get a note in the report (the machine has only two cores).
+FOREIGN_WARN_PCT=${FOREIGN_WARN_PCT:-5}
+
 # measure NAME URL [PID]: run all measurements against URL. With PID, the
 # CPU and RSS of PID's process tree are accounted as well.
 measure() {
     local name=$1 url=$2 pid=${3:-} tree out reqs secs rps non2xx sockerr t0 t1 json
+    local foreign0 wall0 pct
+    foreign0=$(foreign_ticks)
+    wall0=$(now)
 
     if [[ -n $pid ]]; then
         tree=$(tree_pids "$pid")
@@ -483,8 +513,25 @@ measure() {
         tail_log "$work/rate.$name.err"
     fi
 
-    [[ -n $pid ]] || return 0
-    sleep 1
+    if [[ -n $pid ]]; then
+        sleep 1
+        measure_hold "$name" "$url" "$pid"
+    fi
+
+    pct=$(awk -v t=$(($(foreign_ticks) - foreign0)) -v hz="$clk_tck" -v a="$wall0" -v b="$(now)" \
+        'BEGIN { printf "%.0f", (b > a) ? 100 * t / hz / (b - a) : 0 }')
+    log "$name: other processes used ${pct}% of a core meanwhile"
+    if ((pct > FOREIGN_WARN_PCT)); then
+        warn "$name: other processes were busy (${pct}% of a core); numbers are noisy"
+        add_note "$name" "other processes used ${pct}% of a core during this run; numbers are noisy"
+    fi
+    return 0
+}
+
+# measure_hold NAME URL PID: RSS of PID's tree while loadgen holds idle
+# keep-alive connections to URL.
+measure_hold() {
+    local name=$1 url=$2 pid=$3 tree
 
     # Memory with many idle keep-alive client connections.
     local hout=$work/hold.$name.out herr=$work/hold.$name.err hpid held deadline summary closed
@@ -549,33 +596,7 @@ bench_proxy() {
     sleep 1
 }
 
-# busy_others: names of CPU-hungry processes (e.g. a cargo build) that would
-# skew the numbers on a 2-core machine.
-busy_others() {
-    local f comm found=()
-    for f in /proc/[0-9]*/comm; do
-        { read -r comm <"$f"; } 2>/dev/null || continue
-        case $comm in
-        rustc | cargo | cc1 | cc1plus | ld | ld.lld | mold) found+=("$comm") ;;
-        esac
-    done
-    if ((${#found[@]})); then
-        printf '%s\n' "${found[@]}" | sort -u | tr '\n' ' '
-    fi
-}
-
-check_quiet() { # WHEN
-    local busy
-    busy=$(busy_others)
-    if [[ -n $busy ]]; then
-        warn "other CPU-heavy processes running $1: $busy- numbers will be noisy"
-        interference+="${interference:+; }$1: $busy"
-    fi
-}
-interference=""
-
 haproxy_version=$(haproxy -v 2>/dev/null | sed -n 's/^HAProxy version \([^ -]*\).*/\1/p' || true)
-check_quiet "at start"
 for sys in $SYSTEMS; do
     case $sys in
     direct)
@@ -589,8 +610,6 @@ for sys in $SYSTEMS; do
     *) die "unknown system in SYSTEMS: $sys" ;;
     esac
 done
-
-check_quiet "at end"
 
 # ----------------------------------------------------------------- report --
 cell() { # VALUE: the value or n/a
@@ -630,7 +649,6 @@ report=$work/report.md
         printf -- '- %s: %s\n' "${label[$sys]}" "$(cell "${util[$sys]:+${util[$sys]}%}")"
     done
     have_notes=0
-    [[ -n $interference ]] && have_notes=1
     for sys in $SYSTEMS; do
         [[ -n ${notes[$sys]:-} ]] && have_notes=1
     done
@@ -640,9 +658,7 @@ report=$work/report.md
         for sys in $SYSTEMS; do
             [[ -n ${notes[$sys]:-} ]] && printf -- '- %s: %s\n' "${label[$sys]}" "${notes[$sys]}"
         done
-        if [[ -n $interference ]]; then
-            printf -- '- other CPU-heavy processes were running (%s); numbers are noisy\n' "$interference"
-        fi
+
     fi
     echo
     printf 'Run %s on %s (%s CPUs, Linux %s). ' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \

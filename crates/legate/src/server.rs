@@ -15,7 +15,6 @@ use crate::telemetry::metrics::Metrics;
 use crate::upstream::discovery::{self, Resolver};
 use crate::upstream::pool::Pools;
 use crate::upstream::{BuildError, Upstream};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -121,13 +120,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     // Bind everything before starting anything, so a taken port fails the start cleanly.
-    let mut per_worker: Vec<
-        Vec<(
-            std::net::TcpListener,
-            Arc<ListenerCtx>,
-            Arc<http_server::ConnBuilder>,
-        )>,
-    > = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     let access_log = AccessLog::new(cfg.access_log, opts.access_log_sink.clone());
     for l in &cfg.listeners {
@@ -253,7 +246,7 @@ fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, d
                 }
             })
         };
-        let graceful = Arc::new(GracefulShutdown::new());
+        let tracker = Arc::new(http_server::ConnTracker::default());
         let mut loops = Vec::new();
         for (socket, ctx, builder) in listeners {
             loops.push(tokio::spawn(listen::accept_loop(
@@ -261,7 +254,7 @@ fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, d
                 ctx,
                 builder,
                 pools.clone(),
-                graceful.clone(),
+                tracker.clone(),
                 shutdown.clone(),
             )));
         }
@@ -269,17 +262,13 @@ fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, d
             let _ = l.await;
         }
         sweeper.abort();
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            return;
-        };
-        let open = graceful.count();
-        if open > 0
-            && tokio::time::timeout(drain, graceful.shutdown())
-                .await
-                .is_err()
+        if tokio::time::timeout(drain, tracker.all_closed())
+            .await
+            .is_err()
         {
             tracing::warn!(
                 ?drain,
+                open = tracker.open(),
                 "drain timeout reached; closing the remaining connections"
             );
         }

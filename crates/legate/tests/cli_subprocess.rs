@@ -7,7 +7,7 @@ mod proc_support;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
@@ -86,46 +86,85 @@ fn check_accepts_valid_config() {
     );
 }
 
-#[test]
-fn check_reports_every_problem_with_file_line_col_and_path() {
-    let config = VALID_CONFIG
-        .replace("upstream: httpbin", "upstream: no-such-upstream")
-        .replace(
+const UNKNOWN_FIELD: &str = "        retires: 3\n";
+const MISSING_UPSTREAM: &str = "upstream: no-such-upstream";
+
+/// VALID_CONFIG with an unknown route field and/or a route naming an
+/// upstream that does not exist.
+fn broken_config(unknown_field: bool, missing_upstream: bool) -> String {
+    let mut config = VALID_CONFIG.to_string();
+    if unknown_field {
+        config = config.replace(
             "        timeout: 15s\n",
-            "        timeout: 15s\n        retires: 3\n",
+            &format!("        timeout: 15s\n{UNKNOWN_FIELD}"),
         );
-    let unknown_line = line_of(&config, "retires: 3");
-    let missing_line = line_of(&config, "upstream: no-such-upstream");
-    let tmp = TempDir::new("check-invalid");
-    let file = tmp.write("bad.yaml", &config);
+    }
+    if missing_upstream {
+        config = config.replace("upstream: httpbin", MISSING_UPSTREAM);
+    }
+    config
+}
+
+/// Writes `config` to a temp file, runs `legate check` on it, expects exit 1
+/// and returns (temp dir to keep alive, file, stderr).
+fn check_fails(tag: &str, config: &str) -> (TempDir, PathBuf, String) {
+    let tmp = TempDir::new(tag);
+    let file = tmp.write("bad.yaml", config);
     let out = legate_cmd(&["check", "-c", &file.display().to_string()]);
     assert_eq!(out.code(), Some(1), "{}", out.describe());
+    (tmp, file, out.stderr)
+}
 
-    let unknown = diagnostic_for(&out.stderr, &file, unknown_line).unwrap_or_else(|| {
+fn assert_unknown_field_reported(config: &str, file: &Path, stderr: &str) {
+    let line = line_of(config, UNKNOWN_FIELD.trim());
+    let diag = diagnostic_for(stderr, file, line).unwrap_or_else(|| {
         panic!(
-            "no `{}:{unknown_line}:COL:` diagnostic for the unknown field; {}",
-            file.display(),
-            out.describe()
+            "no `{}:{line}:COL:` diagnostic for the unknown field; stderr:\n{stderr}",
+            file.display()
         )
     });
     assert!(
-        unknown.contains("retires") && unknown.contains("routes"),
+        diag.contains("retires") && diag.contains("routes"),
         "unknown-field diagnostic should name the field path \
-         (listeners..routes..retires): {unknown}"
+         (listeners..routes..retires): {diag}"
     );
+}
 
-    let missing = diagnostic_for(&out.stderr, &file, missing_line).unwrap_or_else(|| {
+fn assert_missing_upstream_reported(config: &str, file: &Path, stderr: &str) {
+    let line = line_of(config, MISSING_UPSTREAM);
+    let diag = diagnostic_for(stderr, file, line).unwrap_or_else(|| {
         panic!(
-            "no `{}:{missing_line}:COL:` diagnostic for the missing upstream; {}",
-            file.display(),
-            out.describe()
+            "no `{}:{line}:COL:` diagnostic for the missing upstream; stderr:\n{stderr}",
+            file.display()
         )
     });
     assert!(
-        missing.contains("routes") && missing.contains("upstream"),
+        diag.contains("routes") && diag.contains("upstream"),
         "missing-upstream diagnostic should name the field path \
-         (listeners..routes..upstream): {missing}"
+         (listeners..routes..upstream): {diag}"
     );
+}
+
+#[test]
+fn check_reports_unknown_field_with_location_and_path() {
+    let config = broken_config(true, false);
+    let (_tmp, file, stderr) = check_fails("check-unknown", &config);
+    assert_unknown_field_reported(&config, &file, &stderr);
+}
+
+#[test]
+fn check_reports_missing_upstream_with_location_and_path() {
+    let config = broken_config(false, true);
+    let (_tmp, file, stderr) = check_fails("check-missing", &config);
+    assert_missing_upstream_reported(&config, &file, &stderr);
+}
+
+#[test]
+fn check_reports_every_problem_in_one_run() {
+    let config = broken_config(true, true);
+    let (_tmp, file, stderr) = check_fails("check-both", &config);
+    assert_unknown_field_reported(&config, &file, &stderr);
+    assert_missing_upstream_reported(&config, &file, &stderr);
 }
 
 #[test]
@@ -360,6 +399,12 @@ fn sigterm_drains_in_flight_request_then_exits_zero() {
     assert!(
         done_at > signalled,
         "the in-flight request finished before SIGTERM; the drain was not exercised"
+    );
+    let refused_after = saw_refused.expect("observed above");
+    assert!(
+        refused_after < done_at - signalled,
+        "the listener kept accepting until the in-flight request finished \
+         ({refused_after:?} after SIGTERM); it should stop accepting while draining"
     );
 
     let status = legate

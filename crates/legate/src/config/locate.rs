@@ -135,7 +135,7 @@ mod tests {
         );
         assert_eq!(
             loc.find("listeners[0].name"),
-            Some(Position { line: 2, col: 13 })
+            Some(Position { line: 2, col: 11 })
         );
         // A missing field falls back to its parent.
         assert_eq!(

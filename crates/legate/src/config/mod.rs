@@ -86,33 +86,154 @@ pub fn load_str(
         file: file.to_string(),
         source,
     })?;
-    let cfg: Config = if expanded.trim().is_empty() {
-        Config::default()
-    } else {
-        serde_yaml_ng::from_str(&expanded)
-            .map_err(|e| ConfigError::Invalid(vec![serde_diagnostic(file, &e)]))?
-    };
-    let issues = validate::validate(&cfg);
-    if issues.is_empty() {
-        return Ok(cfg);
+    if expanded.trim().is_empty() {
+        return finish(
+            file,
+            Config::default(),
+            Vec::new(),
+            &[],
+            &locate::Locator::default(),
+        );
     }
     let locator = locate::Locator::new(&expanded);
-    let diags = issues
-        .into_iter()
-        .map(|i| {
-            let pos = locator
-                .find(&i.path)
-                .unwrap_or(locate::Position { line: 1, col: 1 });
-            Diagnostic {
-                file: file.to_string(),
-                line: pos.line,
-                col: pos.col,
-                path: i.path,
-                message: i.message,
-            }
-        })
-        .collect();
+    let (cfg, diags, removed) = deserialize_all(file, &expanded, &locator);
+    match cfg {
+        Some(cfg) => finish(file, cfg, diags, &removed, &locator),
+        None => Err(ConfigError::Invalid(diags)),
+    }
+}
+
+/// Runs the cross-checks and returns the config, or every problem sorted by position.
+fn finish(
+    file: &str,
+    cfg: Config,
+    mut diags: Vec<Diagnostic>,
+    removed: &[String],
+    locator: &locate::Locator,
+) -> Result<Config, ConfigError> {
+    for i in validate::validate(&cfg) {
+        // A field we dropped to keep reading may make a cross-check fire spuriously.
+        if removed
+            .iter()
+            .any(|r| i.path.starts_with(r.as_str()) || r.starts_with(i.path.as_str()))
+        {
+            continue;
+        }
+        let pos = locator
+            .find(&i.path)
+            .unwrap_or(locate::Position { line: 1, col: 1 });
+        diags.push(Diagnostic {
+            file: file.to_string(),
+            line: pos.line,
+            col: pos.col,
+            path: i.path,
+            message: i.message,
+        });
+    }
+    if diags.is_empty() {
+        return Ok(cfg);
+    }
+    diags.sort_by_key(|d| (d.line, d.col));
+    diags.dedup();
     Err(ConfigError::Invalid(diags))
+}
+
+/// Deserialises, and when a field is unknown or malformed, drops it and reads on, so one run of
+/// `legate check` reports every problem rather than the first. Returns the config if one could
+/// be read after the drops, the problems found, and the paths that were dropped.
+fn deserialize_all(
+    file: &str,
+    text: &str,
+    locator: &locate::Locator,
+) -> (Option<Config>, Vec<Diagnostic>, Vec<String>) {
+    let first = match serde_yaml_ng::from_str::<Config>(text) {
+        Ok(cfg) => return (Some(cfg), Vec::new(), Vec::new()),
+        Err(e) => serde_diagnostic(file, &e),
+    };
+    let Ok(mut value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        // Not even YAML: the syntax error is all there is to say.
+        return (None, vec![first], Vec::new());
+    };
+    let mut diags = vec![first];
+    let mut removed = Vec::new();
+    for _ in 0..100 {
+        let Some(last) = diags.last() else { break };
+        let target = last.path.clone();
+        if target.is_empty() || target.ends_with(']') || !remove_path(&mut value, &target) {
+            break;
+        }
+        removed.push(target);
+        let Ok(again) = serde_yaml_ng::to_string(&value) else {
+            break;
+        };
+        match serde_yaml_ng::from_str::<Config>(&again) {
+            Ok(cfg) => return (Some(cfg), diags, removed),
+            Err(e) => {
+                let mut d = serde_diagnostic(file, &e);
+                // Positions in the re-rendered text mean nothing to the user: use the path.
+                let pos = locator
+                    .find(&d.path)
+                    .unwrap_or(locate::Position { line: 1, col: 1 });
+                (d.line, d.col) = (pos.line, pos.col);
+                // A required field we dropped ourselves: already reported.
+                if d.message.starts_with("missing field")
+                    && removed
+                        .iter()
+                        .any(|r| missing_field_path(&d).as_deref() == Some(r.as_str()))
+                {
+                    break;
+                }
+                diags.push(d);
+            }
+        }
+    }
+    (None, diags, removed)
+}
+
+fn missing_field_path(d: &Diagnostic) -> Option<String> {
+    let field = d
+        .message
+        .strip_prefix("missing field `")?
+        .split('`')
+        .next()?;
+    Some(if d.path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{}.{field}", d.path)
+    })
+}
+
+/// Removes the node at `a.b[0].c` from a YAML value; false if there is no such node.
+fn remove_path(value: &mut serde_yaml_ng::Value, path: &str) -> bool {
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in segments {
+        let (key, indices) = split_indices(seg);
+        let Some(next) = node.as_mapping_mut().and_then(|m| m.get_mut(key)) else {
+            return false;
+        };
+        node = next;
+        for i in indices {
+            let Some(next) = node.as_sequence_mut().and_then(|s| s.get_mut(i)) else {
+                return false;
+            };
+            node = next;
+        }
+    }
+    node.as_mapping_mut().and_then(|m| m.remove(last)).is_some()
+}
+
+fn split_indices(seg: &str) -> (&str, Vec<usize>) {
+    let key_end = seg.find('[').unwrap_or(seg.len());
+    let indices = seg[key_end..]
+        .split(['[', ']'])
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (&seg[..key_end], indices)
 }
 
 /// serde_yaml_ng renders `path: message at line L column C`; split that into our format.
@@ -121,14 +242,22 @@ fn serde_diagnostic(file: &str, e: &serde_yaml_ng::Error) -> Diagnostic {
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
-    let mut text = e.to_string();
-    if let Some(cut) = text.rfind(" at line ") {
-        text.truncate(cut);
-    }
-    let (path, message) = match text.split_once(": ") {
+    let text = strip_positions(&e.to_string());
+    let (mut path, message) = match text.split_once(": ") {
         Some((p, m)) if !p.contains(' ') && !p.is_empty() => (p.to_string(), m.to_string()),
         _ => (String::new(), text),
     };
+    // serde names the mapping that holds an unknown field; name the field itself.
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
+        path = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+    }
     Diagnostic {
         file: file.to_string(),
         line,
@@ -136,6 +265,27 @@ fn serde_diagnostic(file: &str, e: &serde_yaml_ng::Error) -> Diagnostic {
         path,
         message,
     }
+}
+
+/// Removes libyaml's inline ` at line L column C` (we print the position up front).
+fn strip_positions(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let n = digits(after);
+        match after[n..].strip_prefix(" column ") {
+            Some(col) if n > 0 => rest = &col[digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where the config came from, for messages and `/config`.
@@ -203,8 +353,62 @@ upstreams:
         let lines = err.lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].starts_with("f.yaml:12:"), "{}", lines[0]);
-        assert!(lines[0].contains("listeners[0].routes[0]"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("listeners[0].routes[0].retries: unknown field `retries`"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].contains("unknown field `retries`"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn parse_errors_and_cross_checks_are_all_reported_in_order() {
+        let src = GOOD
+            .replace(
+                "        timeout: 15s\n",
+                "        timeout: 15s\n        retires: 3\n",
+            )
+            .replace("upstream: httpbin\n", "upstream: nope\n")
+            .replace("connect_timeout: 2s", "connect_timeout: 2 seconds")
+            .replace(
+                "    dns_refresh: 30s",
+                "    dns_refresh: 30s\n    colour: blue",
+            );
+        let err = load_str("all.yaml", &src, no_env).unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "all.yaml:10:19: listeners[0].routes[0].upstream: no upstream named `nope`"
+            ),
+            "{lines:#?}"
+        );
+        assert!(lines[1].starts_with("all.yaml:12:"), "{lines:#?}");
+        assert!(
+            lines[1].contains("listeners[0].routes[0].retires: unknown field `retires`"),
+            "{lines:#?}"
+        );
+        assert!(lines[2].starts_with("all.yaml:21:"), "{lines:#?}");
+        assert!(
+            lines[2].contains("upstreams[0].connect_timeout: invalid duration"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[3].contains("upstreams[0].colour: unknown field `colour`"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_required_field_stops_without_spurious_errors() {
+        let src = "listeners:\n  - name: app\n    listen: nowhere\n    routes: [{ name: r, upstream: u }]\nupstreams: [{ name: u, endpoints: [\"127.0.0.1:1\"] }]\n";
+        let err = load_str("r.yaml", src, no_env).unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("invalid listen address `nowhere`"),
+            "{lines:#?}"
+        );
     }
 
     #[test]
@@ -212,7 +416,7 @@ upstreams:
         let src = GOOD.replace("connect_timeout: 2s", "connect_timeout: 2 seconds");
         let err = load_str("f.yaml", &src, no_env).unwrap_err();
         let line = &err.lines()[0];
-        assert!(line.starts_with("f.yaml:21:"), "{line}");
+        assert!(line.starts_with("f.yaml:20:"), "{line}");
         assert!(line.contains("upstreams[0].connect_timeout"), "{line}");
         assert!(line.contains("invalid duration"), "{line}");
     }
@@ -267,7 +471,7 @@ upstreams:
         let err = load_str("e.yaml", src, no_env).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "e.yaml:5:31: environment variable `URL` is not set (write ${URL:-default} to give a default)"
+            "e.yaml:5:30: environment variable `URL` is not set (write ${URL:-default} to give a default)"
         );
     }
 
@@ -275,11 +479,16 @@ upstreams:
     fn malformed_yaml_names_the_line() {
         let err = load_str(
             "m.yaml",
-            "listeners:\n  - name: app\n   listen: [\n",
+            "listeners:\n  - name: app\n    listen: \"127.0.0.1:80\n",
             no_env,
         )
         .unwrap_err();
-        assert!(err.to_string().starts_with("m.yaml:3:"), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("m.yaml:4:1: "), "{text}");
+        assert!(
+            text.contains("while scanning a quoted scalar") && !text.contains("at line"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -18,12 +18,19 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// (WebSocket) request or a 101 response, `Connection: upgrade` and `Upgrade` are the point of
 /// the message and stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names beats a hash lookup per name.
+    let any = headers
+        .keys()
+        .any(|n| HOP_BY_HOP.contains(n) || n == header::TE);
+    if !any {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         if let Ok(list) = conn.to_str() {
             let named: Vec<HeaderName> = list
                 .split(',')
                 .map(str::trim)
-                .filter(|t| !t.is_empty() && !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+                .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
                 .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
                 .collect();
             for n in named {

@@ -25,7 +25,8 @@ pub struct Observe {
     listener: Arc<ListenerObs>,
     pub route: Option<Arc<Route>>,
     start: Instant,
-    ts: SystemTime,
+    /// Wall-clock start, read only when the access log is on.
+    ts: Option<SystemTime>,
     /// Kept only when the access log is on.
     request: Option<(Method, Uri, Version)>,
     pub request_id: Option<HeaderValue>,
@@ -47,7 +48,7 @@ impl Observe {
             listener: listener.clone(),
             route: None,
             start: Instant::now(),
-            ts: SystemTime::now(),
+            ts: listener.access_log.enabled.then(SystemTime::now),
             request,
             request_id: None,
             status: 0,
@@ -79,7 +80,7 @@ impl Observe {
             .error
             .or(self.body_error.as_deref().map(|_| "response-body-error"));
         self.listener.access_log.write(&Entry {
-            ts: self.ts,
+            ts: self.ts.unwrap_or_else(SystemTime::now),
             request_id: self
                 .request_id
                 .as_ref()

@@ -1,57 +1,189 @@
-//! Serving one client connection: HTTP/1.1 or h2c (prior knowledge), detected from the first
-//! bytes, with upgrades, header limits and graceful shutdown.
+//! Serving one client connection: HTTP/1.1 (with upgrades) or h2c with prior knowledge, told
+//! apart by peeking at the first bytes (no wrapper stays in the I/O path), with header limits
+//! and graceful shutdown.
 
 use super::proxy::{self, ListenerCtx};
 use crate::config::ListenerLimits;
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
 
-pub type ConnBuilder = auto::Builder<TokioExecutor>;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Per-listener protocol settings, built once.
+pub struct ConnBuilder {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
 
 pub fn builder(limits: &ListenerLimits) -> ConnBuilder {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    let max_head = usize::try_from(limits.max_header_bytes.0)
-        .unwrap_or(usize::MAX)
-        .max(8192);
-    b.http1()
-        .timer(TokioTimer::new())
+    let max_head = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size(max_head)
+        // hyper's read buffer cannot be smaller than 8 KiB; the head limit can.
+        .max_buf_size(max_head.max(8192))
+        .max_header_size(max_head)
         .max_headers(limits.max_headers);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX));
-    b
+    ConnBuilder {
+        h1,
+        h2,
+        header_read_timeout: limits.header_read_timeout.get(),
+    }
+}
+
+/// Counts a worker's open client connections so the drain knows when it is done.
+#[derive(Default)]
+pub struct ConnTracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+impl ConnTracker {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Tracked(Arc<ConnTracker>);
+
+impl Tracked {
+    fn new(t: &Arc<ConnTracker>) -> Self {
+        t.open.fetch_add(1, Ordering::SeqCst);
+        Self(t.clone())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Is this the start of an HTTP/2 prior-knowledge preface? `None`: need more bytes to tell.
+fn is_h2_preface(peeked: &[u8]) -> Option<bool> {
+    let n = peeked.len().min(H2_PREFACE.len());
+    if peeked[..n] != H2_PREFACE[..n] {
+        Some(false)
+    } else if n >= 4 {
+        // "PRI " is not an HTTP/1 method anyone may use (RFC 9113 §3.4).
+        Some(true)
+    } else {
+        None
+    }
+}
+
+async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if let Some(h2) = is_h2_preface(&buf[..n]) {
+            return Ok(h2);
+        }
+        // A client that sent fewer than four bytes: wait a moment for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Drives `conn` to completion, asking it to finish gracefully when shutdown begins.
+async fn with_graceful<C, E>(
+    conn: C,
+    mut shutdown: watch::Receiver<bool>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = pin!(conn);
+    let finished = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = shutdown.wait_for(|s| *s) => None,
+    };
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with error");
+    }
 }
 
 pub fn serve(
     stream: TcpStream,
-    builder: &ConnBuilder,
+    builder: &Arc<ConnBuilder>,
     listener: Arc<ListenerCtx>,
     pools: Arc<Pools>,
-    graceful: &GracefulShutdown,
+    tracker: &Arc<ConnTracker>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let listener = listener.clone();
-        let pools = pools.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&listener, &pools, req).await) }
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .into_owned();
-    let conn = graceful.watch(conn);
+    let tracked = Tracked::new(tracker);
+    let builder = builder.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "client connection ended with error");
+        let _tracked = tracked;
+        let h2 = match tokio::time::timeout(builder.header_read_timeout, sniff_h2(&stream)).await {
+            Ok(Ok(h2)) => h2,
+            _ => return,
+        };
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let listener = listener.clone();
+            let pools = pools.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&listener, &pools, req).await) }
+        });
+        let io = TokioIo::new(stream);
+        if h2 {
+            let conn = builder.h2.serve_connection(io, svc);
+            with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
+        } else {
+            let conn = builder.h1.serve_connection(io, svc).with_upgrades();
+            with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_h2_preface;
+
+    #[test]
+    fn tells_h2_from_h1() {
+        assert_eq!(is_h2_preface(b"PRI * HTTP/2.0\r\n"), Some(true));
+        assert_eq!(is_h2_preface(b"GET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(is_h2_preface(b"PR"), None);
+        assert_eq!(is_h2_preface(b"POST"), Some(false));
+    }
 }

@@ -2,9 +2,8 @@
 //! the kernel spreads connections across workers with no shared accept lock, as nginx does.
 
 use crate::http::proxy::ListenerCtx;
-use crate::http::server::{self, ConnBuilder};
+use crate::http::server::{self, ConnBuilder, ConnTracker};
 use crate::upstream::pool::Pools;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +59,7 @@ pub async fn accept_loop(
     ctx: Arc<ListenerCtx>,
     builder: Arc<ConnBuilder>,
     pools: Arc<Pools>,
-    graceful: Arc<GracefulShutdown>,
+    tracker: Arc<ConnTracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(std_listener) {
@@ -77,9 +76,14 @@ pub async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
-                server::serve(stream, &builder, ctx.clone(), pools.clone(), &graceful)
-            }
+            Ok((stream, _peer)) => server::serve(
+                stream,
+                &builder,
+                ctx.clone(),
+                pools.clone(),
+                &tracker,
+                shutdown.clone(),
+            ),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; in-flight work goes on.
                 tracing::warn!(listener = %ctx.obs.name, error = %e, "accept failed");
