@@ -8,7 +8,9 @@ fn repo_root() -> PathBuf {
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -23,7 +25,10 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn example_configs_pass_check() {
     let mut files = Vec::new();
     yaml_files(&repo_root().join("examples"), &mut files);
-    assert!(files.len() >= 2, "examples/ should hold the scenario configs");
+    assert!(
+        files.len() >= 2,
+        "examples/ should hold the scenario configs"
+    );
     for f in files {
         // Defaults only: examples must not depend on the caller's environment.
         if let Err(e) = legate::config::load_file(&f) {
@@ -45,7 +50,11 @@ fn manifests_parse_and_embedded_configs_pass_check() {
             let v: serde_yaml_ng::Value = serde::Deserialize::deserialize(doc)
                 .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", f.display()));
             if v.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") {
-                if let Some(cfg) = v.get("data").and_then(|d| d.get("legate.yaml")).and_then(|c| c.as_str()) {
+                if let Some(cfg) = v
+                    .get("data")
+                    .and_then(|d| d.get("legate.yaml"))
+                    .and_then(|c| c.as_str())
+                {
                     let name = format!("{}:legate.yaml", f.display());
                     if let Err(e) = legate::config::load_str(&name, cfg, |_| None) {
                         panic!("{name} does not pass check:\n{e}");
@@ -55,5 +64,8 @@ fn manifests_parse_and_embedded_configs_pass_check() {
             }
         }
     }
-    assert!(embedded >= 1, "expected at least one legate.yaml ConfigMap in deploy/k8s");
+    assert!(
+        embedded >= 1,
+        "expected at least one legate.yaml ConfigMap in deploy/k8s"
+    );
 }

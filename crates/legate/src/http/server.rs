@@ -159,10 +159,10 @@ pub fn serve(
             Ok(Ok(h2)) => h2,
             _ => return,
         };
+        let ctx = Arc::new((listener, pools));
         let svc = service_fn(move |req: Request<Incoming>| {
-            let listener = listener.clone();
-            let pools = pools.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&listener, &pools, req).await) }
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&ctx.0, &ctx.1, req).await) }
         });
         let io = TokioIo::new(stream);
         if h2 {

@@ -8,7 +8,6 @@ use super::connect::{self, Sender};
 use super::{Endpoint, Upstream, UpstreamError};
 use crate::http::body::ReqBody;
 use hyper::client::conn::{http1, http2};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,9 +21,22 @@ struct Idle {
     idle_timeout: Duration,
 }
 
+/// Keyed by (upstream, endpoint). A sidecar talks to a handful of endpoints, so a linear scan
+/// over a short vector beats hashing a socket address twice per request.
 #[derive(Default)]
 pub struct Pools {
-    idle: Mutex<HashMap<Key, Idle>>,
+    idle: Mutex<Vec<(Key, Idle)>>,
+}
+
+fn entry(v: &mut Vec<(Key, Idle)>, key: Key) -> &mut Idle {
+    let i = match v.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            v.push((key, Idle::default()));
+            v.len() - 1
+        }
+    };
+    &mut v[i].1
 }
 
 /// Hands an HTTP/1.1 connection back to its pool once the response is fully read.
@@ -59,7 +71,7 @@ impl PoolReturn {
         let Ok(mut idle) = self.pools.idle.lock() else {
             return;
         };
-        let entry = idle.entry(self.key).or_default();
+        let entry = entry(&mut idle, self.key);
         entry.idle_timeout = self.idle_timeout;
         if entry.h1.len() < self.max_idle {
             entry.h1.push((self.tx, Instant::now()));
@@ -70,7 +82,7 @@ impl PoolReturn {
 impl Pools {
     fn take(&self, key: Key, idle_timeout: Duration) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        let entry = idle.get_mut(&key)?;
+        let entry = idle.iter_mut().find(|(k, _)| *k == key).map(|(_, e)| e)?;
         if let Some(h2) = &entry.h2 {
             if !h2.is_closed() {
                 return Some(Sender::H2(h2.clone()));
@@ -88,7 +100,7 @@ impl Pools {
 
     fn put_h2(&self, key: Key, idle_timeout: Duration, tx: http2::SendRequest<ReqBody>) {
         if let Ok(mut idle) = self.idle.lock() {
-            let entry = idle.entry(key).or_default();
+            let entry = entry(&mut idle, key);
             entry.idle_timeout = idle_timeout;
             entry.h2 = Some(tx);
         }
@@ -97,7 +109,7 @@ impl Pools {
     /// Puts an HTTP/1.1 connection straight into the pool (used by tests to stage races).
     pub fn put_h1(&self, up: &Upstream, addr: SocketAddr, tx: http1::SendRequest<ReqBody>) {
         if let Ok(mut idle) = self.idle.lock() {
-            let entry = idle.entry((up.index, addr)).or_default();
+            let entry = entry(&mut idle, (up.index, addr));
             entry.idle_timeout = up.pool.idle_timeout;
             entry.h1.push((tx, Instant::now()));
         }
@@ -107,7 +119,7 @@ impl Pools {
     pub fn sweep(&self) {
         let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|_, e| {
+            idle.retain_mut(|(_, e)| {
                 e.h1.retain(|(tx, since)| {
                     !tx.is_closed() && now.duration_since(*since) < e.idle_timeout
                 });
@@ -123,8 +135,8 @@ impl Pools {
         self.idle
             .lock()
             .map(|i| {
-                i.values()
-                    .map(|e| e.h1.len() + usize::from(e.h2.is_some()))
+                i.iter()
+                    .map(|(_, e)| e.h1.len() + usize::from(e.h2.is_some()))
                     .sum()
             })
             .unwrap_or(0)
