@@ -9,7 +9,7 @@
 #          QUICK=1 bash bench/compare.sh    # 3 s runs (smoke test)
 # Env:     DURATION WARMUP HOLD_DURATION RATE RATE_CONNECTIONS WRK_CONNECTIONS
 #          HOLD_CONNECTIONS PROXY_CPU LOAD_CPU SYSTEMS READY_TIMEOUT
-#          LEGATE_BIN LOADGEN_BIN RESULTS_FILE KEEP_TMP
+#          LEGATE_BIN LOADGEN_BIN RESULTS_FILE KEEP_TMP FOREIGN_WARN_PCT
 #
 # The markdown report goes to stdout and $RESULTS_FILE; progress goes to stderr.
 set -euo pipefail
@@ -421,8 +421,8 @@ FOREIGN_WARN_PCT=${FOREIGN_WARN_PCT:-5}
 # measure NAME URL [PID]: run all measurements against URL. With PID, the
 # CPU and RSS of PID's process tree are accounted as well.
 measure() {
-    local name=$1 url=$2 pid=${3:-} tree out reqs secs rps non2xx sockerr t0 t1 json
-    local foreign0 wall0 pct
+    local name=$1 url=$2 pid=${3:-} tree out reqs secs rps non2xx sockerr t0 t1 ticks
+    local json errs sent scheduled foreign0 wall0 pct
     foreign0=$(foreign_ticks)
     wall0=$(now)
 
@@ -460,12 +460,11 @@ measure() {
         if [[ -n $rps && -n $reqs ]] && ((reqs > 0)); then
             max_rps[$name]=$(awk -v r="$rps" 'BEGIN { printf "%.0f", r }')
             if [[ -n $pid ]]; then
-                cpu_us[$name]=$(awk -v t=$((t1 - t0)) -v hz="$clk_tck" -v n="$reqs" \
+                ticks=$((t1 - t0))
+                cpu_us[$name]=$(awk -v t="$ticks" -v hz="$clk_tck" -v n="$reqs" \
                     'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
-                util[$name]=$(awk -v t=$((t1 - t0)) -v hz="$clk_tck" -v s="$secs" \
+                util[$name]=$(awk -v t="$ticks" -v hz="$clk_tck" -v s="$secs" \
                     'BEGIN { if (s > 0) printf "%.0f", 100 * t / hz / s; else print "?" }')
-            fi
-            if [[ -n $pid ]]; then
                 log "$name: ${max_rps[$name]} req/s, ${cpu_us[$name]} CPU µs/req, proxy core ${util[$name]}% busy"
             else
                 log "$name: ${max_rps[$name]} req/s"
@@ -497,7 +496,6 @@ measure() {
         p50[$name]=$(json_num "$json" p50_us)
         p99[$name]=$(json_num "$json" p99_us)
         log "$name: $json"
-        local errs sent scheduled
         errs=$(json_num "$json" errors)
         sent=$(json_num "$json" sent)
         scheduled=$(json_num "$json" scheduled)
@@ -531,10 +529,8 @@ measure() {
 # measure_hold NAME URL PID: RSS of PID's tree while loadgen holds idle
 # keep-alive connections to URL.
 measure_hold() {
-    local name=$1 url=$2 pid=$3 tree
-
-    # Memory with many idle keep-alive client connections.
-    local hout=$work/hold.$name.out herr=$work/hold.$name.err hpid held deadline summary closed
+    local name=$1 url=$2 pid=$3 tree hpid held deadline summary closed
+    local hout=$work/hold.$name.out herr=$work/hold.$name.err
     log "$name: loadgen hold --connections $HOLD_CONNECTIONS --duration $HOLD_DURATION"
     launch "$LOAD_CPU" "$hout" "$herr" "$LOADGEN_BIN" hold --url "$url" \
         --connections "$HOLD_CONNECTIONS" --duration "$HOLD_DURATION"
@@ -658,7 +654,6 @@ report=$work/report.md
         for sys in $SYSTEMS; do
             [[ -n ${notes[$sys]:-} ]] && printf -- '- %s: %s\n' "${label[$sys]}" "${notes[$sys]}"
         done
-
     fi
     echo
     printf 'Run %s on %s (%s CPUs, Linux %s). ' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \

@@ -178,8 +178,7 @@ async fn request_on(target: &Target, conn: &mut Option<Sender>) -> Result<Status
         Some(s) if !s.is_closed() => conn.insert(s),
         _ => conn.insert(connect(target).await?),
     };
-    let status = send_one(target, sender).await?;
-    Ok(status)
+    send_one(target, sender).await
 }
 
 /// Shared timetable: request `i` is due at `start + i / rps`.
@@ -345,7 +344,7 @@ async fn run_rate(args: RateArgs) -> Result<(), Error> {
     let mut ok = 0u64;
     let mut errors = 0u64;
     let mut first_error = None;
-    let mut latencies = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut latencies = Vec::with_capacity(usize::try_from(total.min(1 << 24)).unwrap_or(0));
     while let Some(joined) = workers.join_next().await {
         let stats = joined?;
         sent += stats.sent;

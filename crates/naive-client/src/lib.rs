@@ -158,3 +158,91 @@ pub fn parse_interval(s: &str) -> Option<Duration> {
         .filter(|v| *v > 0.0)
         .map(Duration::from_secs_f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    async fn server(status: u16) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/get", l.local_addr().unwrap());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| async move {
+                        let mut r = hyper::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"{}"),
+                        ));
+                        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        (url, conns)
+    }
+
+    #[tokio::test]
+    async fn prints_the_seed_lines_and_keeps_the_connection() {
+        let (url, conns) = server(200).await;
+        let mut c = Client::new(&url).unwrap();
+        for _ in 0..3 {
+            assert_eq!(c.call_once().await.to_string(), "Success! Status: 200 OK");
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "keep-alive like Go's default transport"
+        );
+        let (url, _) = server(503).await;
+        let out = Client::new(&url).unwrap().call_once().await;
+        assert!(!out.is_success());
+        assert_eq!(
+            out.to_string(),
+            "Error reaching ambassador: unexpected status 503 Service Unavailable"
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_errors_and_gives_up_waiting() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut c = Client::new(&format!("http://{closed}/get")).unwrap();
+        let out = c.call_once().await;
+        assert!(
+            out.to_string().starts_with("Error reaching ambassador: "),
+            "{out}"
+        );
+        assert!(!c.wait_ready(Duration::from_millis(300)).await);
+        let (url, _) = server(200).await;
+        assert!(
+            Client::new(&url)
+                .unwrap()
+                .wait_ready(Duration::from_secs(5))
+                .await
+        );
+    }
+
+    #[test]
+    fn parses_settings() {
+        assert_eq!(parse_interval("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_interval("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_interval("soon"), None);
+        assert!(Client::new("https://x/").is_err());
+        assert!(Client::new("not a url").is_err());
+    }
+}
