@@ -104,8 +104,12 @@ pub async fn handle(
         Ok(Err(e)) => {
             let (status, reason) = e.reply();
             obs.endpoint = e.endpoint();
+            let endpoint = e
+                .endpoint()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "none".into());
             tracing::warn!(route = %route.name, upstream = %route.upstream.name,
-                endpoint = ?e.endpoint(), reason, error = %e, "upstream request failed");
+                endpoint, reason, error = %e, "upstream request failed");
             return local::reply(status, reason, &e.to_string(), obs);
         }
         Ok(Ok(sent)) => sent,
