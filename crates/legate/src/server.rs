@@ -13,6 +13,7 @@ use crate::listen::{self, BindError};
 use crate::telemetry::access_log::{AccessLog, Sink};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::discovery::{self, Resolver};
+use crate::upstream::health;
 use crate::upstream::pool::Pools;
 use crate::upstream::{BuildError, Upstream};
 use std::net::SocketAddr;
@@ -182,6 +183,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             config_yaml: effective_yaml(&cfg),
         });
         let handle_signals = opts.handle_signals;
+        let require_healthy = cfg.admin.ready_requires_healthy_upstreams;
         std::thread::Builder::new()
             .name("legate-control".into())
             .spawn(move || {
@@ -191,6 +193,7 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                     admin_socket,
                     state,
                     handle_signals,
+                    require_healthy,
                     stop_rx,
                 )
             })
@@ -281,6 +284,7 @@ fn run_control(
     admin_socket: Option<std::net::TcpListener>,
     state: Arc<State>,
     handle_signals: bool,
+    require_healthy: bool,
     stop: watch::Receiver<bool>,
 ) {
     let Some(rt) = current_thread_runtime() else {
@@ -304,6 +308,16 @@ fn run_control(
                     target,
                     spec,
                 ));
+            }
+            if up.health_check.is_some() {
+                tokio::spawn(health::run(up.clone()));
+            }
+        }
+        if require_healthy {
+            // Ready only once every health-checked upstream has a confirmed healthy endpoint.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !health::all_have_healthy(&upstreams) && !state.is_draining() {
+                tick.tick().await;
             }
         }
         state.set_ready();

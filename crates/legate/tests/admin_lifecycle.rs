@@ -20,7 +20,10 @@ async fn admin_endpoints_answer() {
     let text = String::from_utf8_lossy(&cfg.body);
     let parsed =
         legate::config::load_str("config", &text, |_| None).expect("/config is valid config");
-    assert_eq!(parsed.upstreams[0].endpoints, vec![up.addr.to_string()]);
+    assert_eq!(
+        parsed.upstreams[0].endpoints[0].address,
+        up.addr.to_string()
+    );
     assert_eq!(get(admin, "/nope").await.status, 404);
     let m = get(admin, "/metrics").await;
     assert_eq!(m.status, 200);

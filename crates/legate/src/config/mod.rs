@@ -7,6 +7,7 @@ pub mod env;
 pub mod locate;
 pub mod model;
 pub mod quick;
+pub mod resilience;
 pub mod size;
 pub mod validate;
 

@@ -1,6 +1,10 @@
 //! The YAML model. Field names here are the user-facing contract: add, never rename.
 
 use super::duration::ConfigDuration;
+use super::resilience::{
+    Balance, CircuitBreakerConfig, EndpointEntry, HealthCheckConfig, OutlierConfig,
+    RateLimitConfig, RetryConfig,
+};
 use super::size::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -30,12 +34,16 @@ pub struct AdminConfig {
     /// `127.0.0.1:9901` by default; `off` disables the admin server.
     #[serde(default = "default_admin_listen")]
     pub listen: AdminListen,
+    /// `/ready` also requires every health-checked upstream to have a healthy endpoint.
+    #[serde(default)]
+    pub ready_requires_healthy_upstreams: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            ready_requires_healthy_upstreams: false,
         }
     }
 }
@@ -160,6 +168,10 @@ pub struct RouteConfig {
     pub request_headers: HeaderRules,
     #[serde(default)]
     pub response_headers: HeaderRules,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 fn default_route_timeout() -> ConfigDuration {
@@ -210,7 +222,7 @@ pub struct UpstreamConfig {
     pub name: String,
     /// `host:port` entries; names are resolved and re-resolved in the background.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<EndpointEntry>,
     /// Alternative to `endpoints`: `http://host[:port]` or `https://host[:port]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -225,6 +237,14 @@ pub struct UpstreamConfig {
     pub pool: PoolConfig,
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: ConfigDuration,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub outlier_detection: OutlierConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 impl UpstreamConfig {
@@ -232,13 +252,17 @@ impl UpstreamConfig {
     pub fn with_endpoints(name: &str, endpoints: Vec<String>) -> Self {
         Self {
             name: name.to_string(),
-            endpoints,
+            endpoints: endpoints.into_iter().map(EndpointEntry::from).collect(),
             url: None,
             tls: None,
             protocol: UpstreamProtocol::default(),
             connect_timeout: default_connect_timeout(),
             pool: PoolConfig::default(),
             dns_refresh: default_dns_refresh(),
+            balance: Balance::default(),
+            circuit_breaker: None,
+            outlier_detection: OutlierConfig::default(),
+            health_check: None,
         }
     }
 }

@@ -62,6 +62,8 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         host_rewrite: HostRewrite::Upstream,
         request_headers,
         response_headers: HeaderRules::default(),
+        retry: None,
+        rate_limit: None,
     };
     if let Some(t) = q.timeout {
         route.timeout = t;
@@ -71,7 +73,10 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         upstream.tls = Some(UpstreamTls::default());
     }
     Ok(Config {
-        admin: AdminConfig { listen: q.admin },
+        admin: AdminConfig {
+            listen: q.admin,
+            ready_requires_healthy_upstreams: false,
+        },
         runtime: RuntimeConfig { workers: q.workers },
         access_log: q.access_log,
         shutdown: ShutdownConfig::default(),
@@ -108,7 +113,9 @@ mod tests {
         assert!(cfg.upstreams[0].tls.is_some());
         assert_eq!(
             cfg.upstreams[0].endpoints,
-            vec!["httpbin.org:443".to_string()]
+            vec![super::super::resilience::EndpointEntry::from(
+                "httpbin.org:443".to_string()
+            )]
         );
         assert!(super::super::validate::validate(&cfg).is_empty());
         let yaml = super::super::to_yaml(&cfg);

@@ -22,7 +22,7 @@ impl Issues {
             message: message.into(),
         });
     }
-    fn positive(&mut self, path: String, d: Duration) {
+    fn positive(&mut self, path: impl Into<String>, d: Duration) {
         if d.is_zero() {
             self.add(path, "must be greater than zero");
         }
@@ -68,6 +68,149 @@ fn check_header_rules(issues: &mut Issues, path: &str, rules: &HeaderRules) {
     }
 }
 
+fn check_route_policies(issues: &mut Issues, rb: &str, r: &super::model::RouteConfig) {
+    if let Some(retry) = &r.retry {
+        let p = format!("{rb}.retry");
+        if retry.attempts == 0 {
+            issues.add(
+                format!("{p}.attempts"),
+                "must be at least 1 (1 means no retries); remove `retry` to turn retries off",
+            );
+        } else if retry.attempts > 10 {
+            issues.add(
+                format!("{p}.attempts"),
+                "at most 10: more tries only hide an outage longer",
+            );
+        }
+        if retry.on.is_empty() {
+            issues.add(
+                format!("{p}.on"),
+                "name at least one condition, e.g. [connect-failure, gateway-error]",
+            );
+        }
+        if let Some(t) = retry.per_try_timeout {
+            if t.get().is_zero() {
+                issues.add(format!("{p}.per_try_timeout"), "must be greater than zero");
+            } else if t.get() > r.timeout.get() {
+                issues.add(
+                    format!("{p}.per_try_timeout"),
+                    format!(
+                        "{t} is longer than the route timeout {}: no second try could ever start",
+                        r.timeout
+                    ),
+                );
+            }
+        }
+        issues.positive(format!("{p}.backoff.base"), retry.backoff.base.get());
+        if retry.backoff.max < retry.backoff.base {
+            issues.add(
+                format!("{p}.backoff.max"),
+                format!("must be at least backoff.base ({})", retry.backoff.base),
+            );
+        }
+        if !(0.0..=1.0).contains(&retry.budget.ratio) {
+            issues.add(
+                format!("{p}.budget.ratio"),
+                format!(
+                    "{} is outside 0..1 (0.2 allows retries for 20% of requests)",
+                    retry.budget.ratio
+                ),
+            );
+        }
+        if retry.max_replay_body.0 > 16 * 1024 * 1024 {
+            issues.add(
+                format!("{p}.max_replay_body"),
+                "at most 16MiB: each retried request holds this much memory",
+            );
+        }
+    }
+    if let Some(rl) = &r.rate_limit {
+        if rl.burst == Some(0) {
+            issues.add(format!("{rb}.rate_limit.burst"), "must be at least 1");
+        }
+    }
+}
+
+fn check_upstream_policies(issues: &mut Issues, base: &str, u: &super::model::UpstreamConfig) {
+    if let Some(cb) = &u.circuit_breaker {
+        let p = format!("{base}.circuit_breaker");
+        for (name, v) in [
+            ("max_connections", cb.max_connections),
+            ("max_pending_requests", cb.max_pending_requests),
+            ("max_requests", cb.max_requests),
+            ("min_requests", cb.min_requests),
+            ("probes", cb.probes),
+        ] {
+            if v == 0 {
+                issues.add(format!("{p}.{name}"), "must be at least 1");
+            }
+        }
+        if !(cb.failure_ratio > 0.0 && cb.failure_ratio <= 1.0) {
+            issues.add(
+                format!("{p}.failure_ratio"),
+                format!("{} is outside (0, 1]", cb.failure_ratio),
+            );
+        }
+        issues.positive(format!("{p}.window"), cb.window.get());
+        issues.positive(format!("{p}.open_for"), cb.open_for.get());
+        if cb.max_open_for < cb.open_for {
+            issues.add(
+                format!("{p}.max_open_for"),
+                format!("must be at least open_for ({})", cb.open_for),
+            );
+        }
+    }
+    let od = &u.outlier_detection;
+    if od.enabled {
+        let p = format!("{base}.outlier_detection");
+        if od.consecutive_failures == 0 {
+            issues.add(
+                format!("{p}.consecutive_failures"),
+                "must be at least 1 (or set enabled: false)",
+            );
+        }
+        issues.positive(format!("{p}.base_ejection"), od.base_ejection.get());
+        if od.max_ejection < od.base_ejection {
+            issues.add(
+                format!("{p}.max_ejection"),
+                format!("must be at least base_ejection ({})", od.base_ejection),
+            );
+        }
+        if od.max_ejected_percent > 100 {
+            issues.add(
+                format!("{p}.max_ejected_percent"),
+                "must be between 0 and 100",
+            );
+        }
+    }
+    if let Some(hc) = &u.health_check {
+        let p = format!("{base}.health_check");
+        match (&hc.http, &hc.tcp) {
+            (Some(_), Some(_)) => issues.add(p.clone(), "set either `http` or `tcp`, not both"),
+            (None, None) => issues.add(p.clone(), "set `http: { path: /healthz }` or `tcp: {}`"),
+            (Some(h), None) if !h.path.starts_with('/') => issues.add(
+                format!("{p}.http.path"),
+                format!("`{}` must start with '/'", h.path),
+            ),
+            _ => {}
+        }
+        issues.positive(format!("{p}.interval"), hc.interval.get());
+        issues.positive(format!("{p}.timeout"), hc.timeout.get());
+        if hc.timeout > hc.interval {
+            issues.add(
+                format!("{p}.timeout"),
+                format!("must not exceed interval ({})", hc.interval),
+            );
+        }
+        if hc.healthy_threshold == 0 {
+            issues.add(format!("{p}.healthy_threshold"), "must be at least 1");
+        }
+        if hc.unhealthy_threshold == 0 {
+            issues.add(format!("{p}.unhealthy_threshold"), "must be at least 1");
+        }
+    }
+}
+
 pub fn validate(cfg: &Config) -> Vec<Issue> {
     let mut issues = Issues(Vec::new());
 
@@ -77,10 +220,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             "must be at least 1 (leave it unset to follow the CPU limit)",
         );
     }
-    issues.positive(
-        "shutdown.drain_timeout".into(),
-        cfg.shutdown.drain_timeout.get(),
-    );
+    issues.positive("shutdown.drain_timeout", cfg.shutdown.drain_timeout.get());
 
     let mut upstream_names: HashMap<&str, usize> = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
@@ -111,8 +251,14 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             }
             (None, false) => {
                 for (j, ep) in u.endpoints.iter().enumerate() {
-                    if let Err(e) = EndpointSpec::parse(ep) {
+                    if let Err(e) = EndpointSpec::parse(&ep.address) {
                         issues.add(format!("{base}.endpoints[{j}]"), e);
+                    }
+                    if ep.weight == 0 {
+                        issues.add(
+                            format!("{base}.endpoints[{j}].weight"),
+                            "must be at least 1",
+                        );
                     }
                 }
             }
@@ -123,6 +269,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             u.pool.idle_timeout.get(),
         );
         issues.positive(format!("{base}.dns_refresh"), u.dns_refresh.get());
+        check_upstream_policies(&mut issues, &base, u);
         if let Some(name) = u.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
             if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
                 issues.add(
@@ -255,6 +402,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
                     );
                 }
             }
+            check_route_policies(&mut issues, &rb, r);
             check_header_rules(
                 &mut issues,
                 &format!("{rb}.request_headers"),

@@ -19,6 +19,79 @@ pub enum ReqBody {
         inner: Incoming,
         counted: Arc<AtomicU64>,
     },
+    /// A body read whole for replay: the same bytes (and trailers) go out on every try.
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// A body too large to replay: what was read while trying, then the rest as it streams.
+    Prefixed {
+        prefix: Option<Bytes>,
+        inner: Incoming,
+        counted: Arc<AtomicU64>,
+    },
+}
+
+/// The result of trying to read a body whole.
+pub enum Buffered {
+    /// All of it: replayable.
+    Whole {
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// More than the limit: stream it once.
+    TooLarge(ReqBody),
+}
+
+impl ReqBody {
+    pub fn replay(data: &Bytes, trailers: &Option<http::HeaderMap>) -> Self {
+        ReqBody::Full {
+            data: (!data.is_empty()).then(|| data.clone()),
+            trailers: trailers.clone(),
+        }
+    }
+}
+
+/// Reads `body` whole if it fits in `max` bytes. A declared length over `max` is not read at all.
+pub async fn buffer(body: ReqBody, max: usize) -> Result<Buffered, hyper::Error> {
+    use http_body_util::BodyExt;
+    let (mut inner, counted) = match body {
+        ReqBody::Empty => {
+            return Ok(Buffered::Whole {
+                data: Bytes::new(),
+                trailers: None,
+            })
+        }
+        ReqBody::Stream { inner, counted } => (inner, counted),
+        other => return Ok(Buffered::TooLarge(other)),
+    };
+    if inner.size_hint().lower() > max as u64 {
+        return Ok(Buffered::TooLarge(ReqBody::Stream { inner, counted }));
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = inner.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(d) => {
+                counted.fetch_add(d.len() as u64, Ordering::Relaxed);
+                buf.extend_from_slice(&d);
+                if buf.len() > max {
+                    let prefix = Some(buf.freeze());
+                    return Ok(Buffered::TooLarge(ReqBody::Prefixed {
+                        prefix,
+                        inner,
+                        counted,
+                    }));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(Buffered::Whole {
+        data: buf.freeze(),
+        trailers,
+    })
 }
 
 impl Body for ReqBody {
@@ -31,7 +104,12 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Stream { inner, counted } => {
+            ReqBody::Stream { inner, counted }
+            | ReqBody::Prefixed {
+                prefix: None,
+                inner,
+                counted,
+            } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame {
                     if let Some(d) = f.data_ref() {
@@ -40,6 +118,13 @@ impl Body for ReqBody {
                 }
                 Poll::Ready(frame)
             }
+            ReqBody::Prefixed { prefix, .. } => {
+                Poll::Ready(prefix.take().map(|p| Ok(Frame::data(p))))
+            }
+            ReqBody::Full { data, trailers } => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
         }
     }
 
@@ -47,6 +132,8 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Stream { inner, .. } => inner.is_end_stream(),
+            ReqBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            ReqBody::Prefixed { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
@@ -54,6 +141,19 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Stream { inner, .. } => inner.size_hint(),
+            ReqBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ReqBody::Prefixed { prefix, inner, .. } => {
+                let p = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let h = inner.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + p);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + p);
+                }
+                out
+            }
         }
     }
 }

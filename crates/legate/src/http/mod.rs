@@ -3,11 +3,14 @@
 //! connection (`proxy`), and account for it when the response body ends (`observe`).
 
 pub mod body;
+pub mod forward;
 pub mod headers;
 pub mod local;
 pub mod observe;
 pub mod proxy;
+pub mod rate_limit;
 pub mod request_id;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod upgrade;

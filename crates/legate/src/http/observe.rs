@@ -35,6 +35,8 @@ pub struct Observe {
     pub error: Option<&'static str>,
     pub body_error: Option<String>,
     pub bytes_in: Option<Arc<AtomicU64>>,
+    /// Tries sent upstream (1 + retries); 0 when legate answered without trying.
+    pub attempts: u32,
 }
 
 impl Observe {
@@ -56,6 +58,7 @@ impl Observe {
             error: None,
             body_error: None,
             bytes_in: None,
+            attempts: 0,
         }
     }
 
@@ -103,6 +106,7 @@ impl Observe {
             bytes_out,
             error,
             aborted,
+            attempts: self.attempts,
         });
     }
 }

@@ -15,8 +15,7 @@ use super::route::{HostPolicy, Route};
 use super::{request_id, upgrade};
 use crate::upstream::connect::Sender;
 use crate::upstream::pool::{self, PoolReturn, Pools};
-use crate::upstream::{balance, Endpoint, UpstreamError};
-use http::request::Parts;
+use crate::upstream::{Endpoint, UpstreamError};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -67,6 +66,21 @@ pub async fn handle(
         );
     };
     obs.route = Some(route.clone());
+    if let Some(limit) = &route.rate_limit {
+        if let Err(wait) = limit.try_take() {
+            route.metrics.rate_limited.inc();
+            let mut resp = local::reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "route rate limit reached",
+                obs,
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            return resp;
+        }
+    }
     obs.request_id = Some(request_id::ensure(req.headers_mut()));
 
     let client_version = req.version();
@@ -88,7 +102,7 @@ pub async fn handle(
 
     let sent = tokio::time::timeout(
         route.timeout,
-        forward(pools, route, parts, body, wants_upgrade),
+        super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs.attempts),
     )
     .await;
     let (mut resp, pool_return, endpoint) = match sent {
@@ -145,7 +159,12 @@ fn is_own_authority(uri: &Uri, own: SocketAddr) -> bool {
 }
 
 /// The Host the upstream sees.
-fn host_for(route: &Route, ep: &Endpoint, parts: &Parts) -> Option<HeaderValue> {
+pub(crate) fn host_for(
+    route: &Route,
+    ep: &Endpoint,
+    headers: &http::HeaderMap,
+    uri: &Uri,
+) -> Option<HeaderValue> {
     match &route.host {
         HostPolicy::Upstream => route
             .upstream
@@ -153,10 +172,8 @@ fn host_for(route: &Route, ep: &Endpoint, parts: &Parts) -> Option<HeaderValue> 
             .get(ep.target)
             .map(|t| t.authority.clone()),
         HostPolicy::Literal(h) => Some(h.clone()),
-        HostPolicy::Keep => parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
+        HostPolicy::Keep => headers.get(header::HOST).cloned().or_else(|| {
+            uri.authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         }),
     }
@@ -189,28 +206,7 @@ fn set_target(req: &mut Request<ReqBody>, h2: bool, tls: bool) {
     *req.version_mut() = Version::HTTP_2;
 }
 
-type Forwarded = (Response<Incoming>, Option<PoolReturn>, SocketAddr);
-
-/// Picks an endpoint and sends the request there.
-pub async fn forward(
-    pools: &Arc<Pools>,
-    route: &Route,
-    mut parts: Parts,
-    body: ReqBody,
-    upgrade: bool,
-) -> Result<Forwarded, UpstreamError> {
-    let up = &route.upstream;
-    let ep = balance::pick(up, None)?;
-    match host_for(route, &ep, &parts) {
-        Some(h) => {
-            parts.headers.insert(header::HOST, h);
-        }
-        None => {
-            parts.headers.remove(header::HOST);
-        }
-    }
-    send(pools, up, &ep, Request::from_parts(parts, body), upgrade).await
-}
+pub(crate) type Forwarded = (Response<Incoming>, Option<PoolReturn>, SocketAddr);
 
 /// Sends on a pooled connection, or a fresh one. If the pooled connection turns out to be
 /// closed before the request was written, the request comes back untouched and goes out once

@@ -58,6 +58,8 @@ pub struct Route {
     pub request_rules: CompiledRules,
     pub response_rules: CompiledRules,
     pub metrics: RouteMetrics,
+    pub retry: Option<super::retry::RetryPolicy>,
+    pub rate_limit: Option<super::rate_limit::TokenBucket>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,11 @@ impl Route {
             response_rules: CompiledRules::compile(&cfg.response_headers)
                 .map_err(|e| err(e.to_string()))?,
             metrics,
+            retry: cfg.retry.as_ref().map(super::retry::RetryPolicy::new),
+            rate_limit: cfg
+                .rate_limit
+                .as_ref()
+                .map(super::rate_limit::TokenBucket::new),
         })
     }
 }

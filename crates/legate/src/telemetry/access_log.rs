@@ -68,6 +68,8 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
     /// The client went away before the response body ended.
     pub aborted: bool,
+    /// Tries sent upstream.
+    pub attempts: u32,
 }
 
 impl Entry<'_> {
@@ -102,8 +104,8 @@ impl Entry<'_> {
         }
         let _ = write!(
             s,
-            ",\"bytes_in\":{},\"bytes_out\":{},\"error\":",
-            self.bytes_in, self.bytes_out
+            ",\"bytes_in\":{},\"bytes_out\":{},\"attempts\":{},\"error\":",
+            self.bytes_in, self.bytes_out, self.attempts
         );
         match self.error {
             Some(e) => json_str(&mut s, e),
@@ -197,6 +199,7 @@ mod tests {
             bytes_out: 10,
             error: Some("connect-refused"),
             aborted: false,
+            attempts: 2,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b\n");

@@ -70,6 +70,12 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestRouteLabels {
+    pub listener: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -94,8 +100,48 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub upstream: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub route: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnlyLabels {
+    pub route: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthCheckLabels {
+    pub upstream: String,
+    pub endpoint: String,
+    pub result: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Family<RouteOnlyLabels, Counter>,
+    pub rate_limited: Family<RequestRouteLabels, Counter>,
+    pub circuit_state: Family<UpstreamLabels, Gauge>,
+    pub overflow: Family<OverflowLabels, Counter>,
+    pub ejections: Family<EndpointLabels, Counter>,
+    pub ejected: Family<EndpointLabels, Gauge>,
+    pub healthy: Family<EndpointLabels, Gauge>,
+    pub health_checks: Family<HealthCheckLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub inflight: Family<ListenerLabels, Gauge>,
@@ -164,8 +210,71 @@ impl Metrics {
             "Requests sent on a pooled (reused) upstream connection",
             connections_reused.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        let retry_budget_exhausted = Family::<RouteOnlyLabels, Counter>::default();
+        let rate_limited = Family::<RequestRouteLabels, Counter>::default();
+        let circuit_state = Family::<UpstreamLabels, Gauge>::default();
+        let overflow = Family::<OverflowLabels, Counter>::default();
+        let ejections = Family::<EndpointLabels, Counter>::default();
+        let ejected = Family::<EndpointLabels, Gauge>::default();
+        let healthy = Family::<EndpointLabels, Gauge>::default();
+        let health_checks = Family::<HealthCheckLabels, Counter>::default();
+        registry.register(
+            "http_retries",
+            "Retries sent, by the condition that caused them",
+            retries.clone(),
+        );
+        registry.register(
+            "http_retry_budget_exhausted",
+            "Retries not sent because the route's retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "http_rate_limited",
+            "Requests refused with 429 by a route's rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "circuit_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            circuit_state.clone(),
+        );
+        registry.register(
+            "upstream_overflow",
+            "Requests failed fast because a circuit-breaker limit was reached",
+            overflow.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Times an endpoint was ejected by outlier detection",
+            ejections.clone(),
+        );
+        registry.register(
+            "outlier_ejected",
+            "1 while an endpoint is ejected",
+            ejected.clone(),
+        );
+        registry.register(
+            "endpoint_healthy",
+            "Active health check verdict: 1 healthy, 0 unhealthy",
+            healthy.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Active health checks, by result",
+            health_checks.clone(),
+        );
         Self {
             registry,
+            retries,
+            retry_budget_exhausted,
+            rate_limited,
+            circuit_state,
+            overflow,
+            ejections,
+            ejected,
+            healthy,
+            health_checks,
             requests,
             duration,
             inflight,
@@ -201,7 +310,15 @@ impl Metrics {
             route: route.to_string(),
             upstream: upstream.to_string(),
         };
+        let rate_limited = self
+            .rate_limited
+            .get_or_create(&RequestRouteLabels {
+                listener: listener.to_string(),
+                route: route.to_string(),
+            })
+            .clone();
         RouteMetrics {
+            rate_limited,
             by_class,
             duration: self.duration.get_or_create(&labels).clone(),
             labels,
@@ -227,6 +344,34 @@ impl Metrics {
             .inc();
     }
 
+    pub fn retry(&self, route: &str, upstream: &str, reason: &str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                route: route.to_string(),
+                upstream: upstream.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn budget_exhausted(&self, route: &str, upstream: &str) {
+        self.retry_budget_exhausted
+            .get_or_create(&RouteOnlyLabels {
+                route: route.to_string(),
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn overflowed(&self, upstream: &str, limit: &str) {
+        self.overflow
+            .get_or_create(&OverflowLabels {
+                upstream: upstream.to_string(),
+                limit: limit.to_string(),
+            })
+            .inc();
+    }
+
     pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
         let labels = EndpointLabels {
             upstream: upstream.to_string(),
@@ -243,6 +388,7 @@ impl Metrics {
 /// Per-route metric handles: plain atomics on the request path.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
+    pub rate_limited: Counter,
     pub by_class: [Counter; 5],
     pub duration: Histogram,
     pub labels: RouteLabels,

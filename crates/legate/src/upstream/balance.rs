@@ -1,15 +1,19 @@
-//! Endpoint choice. Round-robin for now; the resilience work adds p2c-EWMA and friends here.
+//! Endpoint choice: `p2c-ewma` (default), `least-request`, `round-robin` or `random`, with
+//! optional weights. Ejected and unhealthy endpoints are skipped while any other is available;
+//! when none is, every endpoint is tried anyway (Envoy's "panic mode"): failing every request
+//! is never better than trying.
+//!
+//! A retry passes the address that just failed as `avoid`.
 
 use super::{Endpoint, Upstream, UpstreamError};
+use crate::config::resilience::Balance;
+use crate::http::request_id;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
-/// Picks the next endpoint, avoiding `avoid` when another one exists (a retry after a failure
-/// on a connection should try a different address).
-pub fn pick(
-    up: &Upstream,
-    avoid: Option<std::net::SocketAddr>,
-) -> Result<Arc<Endpoint>, UpstreamError> {
+pub fn pick(up: &Upstream, avoid: Option<SocketAddr>) -> Result<Arc<Endpoint>, UpstreamError> {
     let eps = up.endpoints();
     if eps.is_empty() {
         let names: Vec<String> = up.targets.iter().map(|t| t.spec.to_string()).collect();
@@ -18,13 +22,83 @@ pub fn pick(
             targets: names.join(", "),
         });
     }
-    let n = eps.len();
-    let start = up.rr_counter().fetch_add(1, Ordering::Relaxed);
-    for k in 0..n {
-        let ep = &eps[(start + k) % n];
-        if Some(ep.addr) != avoid || n == 1 {
+    if eps.len() == 1 {
+        return Ok(eps[0].clone());
+    }
+    let now = Instant::now();
+    // Strictest filter first, then relax.
+    let filters: [&dyn Fn(&Endpoint) -> bool; 3] = [
+        &|e| e.available(now) && Some(e.addr) != avoid,
+        &|e| e.available(now),
+        &|_| true,
+    ];
+    for ok in filters {
+        if let Some(ep) = choose(up, &eps, ok) {
             return Ok(ep.clone());
         }
     }
-    Ok(eps[start % n].clone())
+    Ok(eps[0].clone())
+}
+
+fn random_u64() -> u64 {
+    request_id::next()
+}
+
+/// A weighted position among the endpoints that pass `ok`, starting from `seed`.
+fn weighted<'a>(
+    eps: &'a [Arc<Endpoint>],
+    seed: u64,
+    ok: &dyn Fn(&Endpoint) -> bool,
+) -> Option<&'a Arc<Endpoint>> {
+    let total: u64 = eps
+        .iter()
+        .filter(|e| ok(e))
+        .map(|e| u64::from(e.weight))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = seed % total;
+    for e in eps.iter().filter(|e| ok(e)) {
+        let w = u64::from(e.weight);
+        if at < w {
+            return Some(e);
+        }
+        at -= w;
+    }
+    None
+}
+
+fn choose<'a>(
+    up: &Upstream,
+    eps: &'a [Arc<Endpoint>],
+    ok: &dyn Fn(&Endpoint) -> bool,
+) -> Option<&'a Arc<Endpoint>> {
+    match up.balance {
+        Balance::RoundRobin => {
+            let seed = up.rr_counter().fetch_add(1, Ordering::Relaxed) as u64;
+            weighted(eps, seed, ok)
+        }
+        Balance::Random => weighted(eps, random_u64(), ok),
+        Balance::LeastRequest | Balance::P2cEwma => {
+            let a = weighted(eps, random_u64(), ok)?;
+            let mut b = weighted(eps, random_u64(), ok)?;
+            // Two distinct choices when there are two to choose from.
+            for _ in 0..3 {
+                if !Arc::ptr_eq(a, b) {
+                    break;
+                }
+                b = weighted(eps, random_u64(), ok)?;
+            }
+            let cost = |e: &Endpoint| {
+                let base = if up.balance == Balance::P2cEwma {
+                    e.load.cost()
+                } else {
+                    f64::from(e.load.inflight() + 1)
+                };
+                base / f64::from(e.weight.max(1))
+            };
+            Some(if cost(b) < cost(a) { b } else { a })
+        }
+    }
 }

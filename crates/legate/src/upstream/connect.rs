@@ -100,8 +100,8 @@ async fn connect_tcp(up: &Upstream, ep: &Endpoint) -> Result<TcpStream, Upstream
     Ok(stream)
 }
 
-/// Opens a new connection to `ep` and performs the HTTP handshake.
-pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError> {
+/// Connects (TCP, then TLS when configured) and says whether to speak HTTP/2 on it.
+pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamError> {
     let endpoint = ep.addr;
     let tcp = connect_tcp(up, ep).await?;
     let (io, h2) = match (
@@ -133,6 +133,22 @@ pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError>
         }
         _ => (Io::Plain(tcp), up.protocol == UpstreamProtocol::Http2),
     };
+    Ok((io, h2))
+}
+
+/// Opens a new connection to `ep` and performs the HTTP handshake. Counts against the
+/// upstream's `max_connections` for as long as the connection lives.
+pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError> {
+    let endpoint = ep.addr;
+    let Some(permit) = up.limits.acquire(super::breaker::Limit::Connections) else {
+        up.metrics
+            .overflowed(&up.name, super::breaker::Limit::Connections.name());
+        return Err(UpstreamError::Overflow {
+            upstream: up.name.clone(),
+            limit: "max_connections",
+        });
+    };
+    let (io, h2) = dial(up, ep).await?;
     let io = TokioIo::new(io);
     let metrics = ep.metrics.clone();
     let sender = if h2 {
@@ -144,6 +160,7 @@ pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError>
         metrics.active.inc();
         let active = metrics.active.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(%endpoint, error = %e, "upstream h2 connection ended with error");
             }
@@ -158,6 +175,7 @@ pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError>
         metrics.active.inc();
         let active = metrics.active.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%endpoint, error = %e, "upstream connection ended with error");
             }

@@ -11,6 +11,20 @@ pub enum UpstreamError {
         upstream: UpstreamName,
         targets: String,
     },
+    #[error("reading the request body from the client failed: {source}")]
+    RequestBody { source: hyper::Error },
+    #[error("upstream `{upstream}` is at its {limit} limit (circuit_breaker); failing fast")]
+    Overflow {
+        upstream: UpstreamName,
+        limit: &'static str,
+    },
+    #[error("upstream `{upstream}`: circuit open after repeated failures; failing fast")]
+    CircuitOpen { upstream: UpstreamName },
+    #[error("{endpoint} did not answer within the per-try timeout {timeout:?}")]
+    TryTimeout {
+        endpoint: SocketAddr,
+        timeout: std::time::Duration,
+    },
     #[error("connection to {endpoint} refused: is the service listening there?")]
     ConnectRefused { endpoint: SocketAddr },
     #[error("connecting to {endpoint} timed out after {timeout:?} (upstream connect_timeout)")]
@@ -57,6 +71,10 @@ impl UpstreamError {
     pub fn reply(&self) -> (StatusCode, &'static str) {
         match self {
             UpstreamError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoint"),
+            UpstreamError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overflow"),
+            UpstreamError::RequestBody { .. } => (StatusCode::BAD_REQUEST, "request-body-error"),
+            UpstreamError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
+            UpstreamError::TryTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             UpstreamError::ConnectRefused { .. } => (StatusCode::BAD_GATEWAY, "connect-refused"),
             UpstreamError::ConnectTimeout { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "connect-timeout")
@@ -75,7 +93,11 @@ impl UpstreamError {
 
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match self {
-            UpstreamError::NoEndpoint { .. } => None,
+            UpstreamError::NoEndpoint { .. }
+            | UpstreamError::Overflow { .. }
+            | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::RequestBody { .. } => None,
+            UpstreamError::TryTimeout { endpoint, .. } => Some(*endpoint),
             UpstreamError::ConnectRefused { endpoint }
             | UpstreamError::ConnectTimeout { endpoint, .. }
             | UpstreamError::Connect { endpoint, .. }
@@ -85,6 +107,29 @@ impl UpstreamError {
             | UpstreamError::Protocol { endpoint, .. }
             | UpstreamError::UpgradeUnsupported { endpoint }
             | UpstreamError::Request { endpoint, .. } => Some(*endpoint),
+        }
+    }
+
+    /// The failure kind for retry conditions, outlier detection and the breaker.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            UpstreamError::ConnectRefused { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Handshake { .. } => FailureKind::Connect,
+            UpstreamError::Reset { source, .. } if is_refused_stream(source) => {
+                FailureKind::RefusedStream
+            }
+            UpstreamError::Reset { .. }
+            | UpstreamError::Protocol { .. }
+            | UpstreamError::Request { .. } => FailureKind::Reset,
+            UpstreamError::TryTimeout { .. } => FailureKind::Timeout,
+            UpstreamError::NoEndpoint { .. }
+            | UpstreamError::Overflow { .. }
+            | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::RequestBody { .. }
+            | UpstreamError::UpgradeUnsupported { .. } => FailureKind::Local,
         }
     }
 
@@ -120,6 +165,28 @@ fn is_io_reset(e: &hyper::Error) -> bool {
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::UnexpectedEof
             );
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// How a try failed, as the resilience policies see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect,
+    Reset,
+    RefusedStream,
+    Timeout,
+    /// legate's own refusal (no endpoint, overflow, open circuit): says nothing about an endpoint.
+    Local,
+}
+
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
         }
         src = s.source();
     }

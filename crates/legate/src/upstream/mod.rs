@@ -2,14 +2,19 @@
 //! to (`balance`), and the connections to them (`connect`, `pool`).
 
 pub mod balance;
+pub mod breaker;
 pub mod connect;
 pub mod discovery;
 pub mod error;
+pub mod health;
+pub mod load;
+pub mod outlier;
 pub mod pool;
 
 pub use error::UpstreamError;
 
 use crate::config::endpoint::{host_authority, EndpointSpec, UpstreamUrl};
+use crate::config::resilience::{Balance, CircuitBreakerConfig, HealthCheckConfig};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::telemetry::metrics::{EndpointMetrics, Metrics};
 use arc_swap::ArcSwap;
@@ -31,6 +36,7 @@ pub struct Target {
     pub authority: HeaderValue,
     /// SNI and certificate name for TLS.
     pub server_name: Option<ServerName<'static>>,
+    pub weight: u32,
 }
 
 /// One resolved address of a target. Kept in an `Arc` so state attached to it (metrics now,
@@ -39,7 +45,20 @@ pub struct Target {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub target: usize,
+    pub weight: u32,
     pub metrics: EndpointMetrics,
+    pub load: load::Load,
+    pub outlier: outlier::EndpointOutlier,
+    pub health: health::EndpointHealth,
+    /// Labels resolved once for the per-endpoint resilience metrics.
+    pub label: crate::telemetry::metrics::EndpointLabels,
+}
+
+impl Endpoint {
+    /// Can the balancer send here now (not ejected, not failing its health checks)?
+    pub fn available(&self, now: std::time::Instant) -> bool {
+        !self.outlier.is_ejected(now) && self.health.routable()
+    }
 }
 
 #[derive(Debug)]
@@ -66,7 +85,12 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     rr: AtomicUsize,
-    metrics: Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
+    pub balance: Balance,
+    pub limits: Arc<breaker::Limits>,
+    pub breaker: Option<breaker::Breaker>,
+    pub outlier: Option<outlier::OutlierPolicy>,
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +117,13 @@ impl Upstream {
         let (specs, tls) = match &cfg.url {
             Some(url) => {
                 let u = UpstreamUrl::parse(url).map_err(invalid)?;
-                (vec![u.endpoint], u.tls || cfg.tls.is_some())
+                (vec![(u.endpoint, 1)], u.tls || cfg.tls.is_some())
             }
             None => {
                 let specs = cfg
                     .endpoints
                     .iter()
-                    .map(|e| EndpointSpec::parse(e))
+                    .map(|e| EndpointSpec::parse(&e.address).map(|s| (s, e.weight.max(1))))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(invalid)?;
                 (specs, cfg.tls.is_some())
@@ -107,7 +131,7 @@ impl Upstream {
         };
         let server_name_override = cfg.tls.as_ref().and_then(|t| t.server_name.clone());
         let mut targets = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for (spec, weight) in specs {
             let authority = HeaderValue::from_str(&host_authority(&spec, tls))
                 .map_err(|_| invalid(format!("`{spec}` is not a valid Host")))?;
             let server_name = if tls {
@@ -125,6 +149,7 @@ impl Upstream {
                 spec,
                 authority,
                 server_name,
+                weight,
             });
         }
         let tls = if tls {
@@ -155,6 +180,23 @@ impl Upstream {
             targets,
             endpoints: ArcSwap::from_pointee(Vec::new()),
             rr: AtomicUsize::new(0),
+            balance: cfg.balance,
+            limits: Arc::new(breaker::Limits::new(
+                cfg.circuit_breaker
+                    .as_ref()
+                    .unwrap_or(&CircuitBreakerConfig::default()),
+            )),
+            breaker: cfg.circuit_breaker.as_ref().map(|c| {
+                let gauge = metrics
+                    .circuit_state
+                    .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
+                        upstream: cfg.name.clone(),
+                    })
+                    .clone();
+                breaker::Breaker::new(Arc::from(cfg.name.as_str()), c, gauge)
+            }),
+            outlier: outlier::OutlierPolicy::from_config(&cfg.outlier_detection),
+            health_check: cfg.health_check.clone(),
             metrics,
         };
         // IP literals need no discovery: they are endpoints from the start.
@@ -191,10 +233,20 @@ impl Upstream {
                     next.push(existing.clone());
                 } else {
                     let metrics = self.metrics.endpoint(&self.name, &addr.to_string());
+                    let label = crate::telemetry::metrics::EndpointLabels {
+                        upstream: self.name.to_string(),
+                        endpoint: addr.to_string(),
+                    };
+                    let weight = self.targets.get(target).map(|t| t.weight).unwrap_or(1);
                     next.push(Arc::new(Endpoint {
                         addr,
                         target,
+                        weight,
                         metrics,
+                        load: load::Load::default(),
+                        outlier: outlier::EndpointOutlier::default(),
+                        health: health::EndpointHealth::new(self.health_check.is_some()),
+                        label,
                     }));
                 }
             }

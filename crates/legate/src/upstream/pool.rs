@@ -180,6 +180,15 @@ pub async fn checkout(
             }
         }
     }
+    // Waiting for a new connection is the "pending" state Envoy's max_pending_requests bounds.
+    let Some(_pending) = up.limits.acquire(super::breaker::Limit::PendingRequests) else {
+        up.metrics
+            .overflowed(&up.name, super::breaker::Limit::PendingRequests.name());
+        return Err(UpstreamError::Overflow {
+            upstream: up.name.clone(),
+            limit: "max_pending_requests",
+        });
+    };
     let sender = connect::open(up, ep).await?;
     if let Sender::H2(tx) = &sender {
         pools.put_h2(key, up.pool.idle_timeout, tx.clone());

@@ -1,0 +1,252 @@
+//! Forwarding with the resilience policies, one try at a time:
+//!
+//! ```text
+//! retry loop { limits (max_requests) → balancer pick (avoiding the endpoint that just failed)
+//!              → breaker admit → send with per-try timeout → classify
+//!              → record (EWMA, outlier detection, breaker) }
+//! ```
+//!
+//! A try is retried only when the route has a retry policy, the method may be retried, the
+//! body could be kept for replay, the outcome matches a condition, tries are left, the budget
+//! allows it and the upstream's `max_retries` is not reached. Nothing is retried once the
+//! response went to the client: the decision is made on the response head, before returning.
+
+use super::body::{self, Buffered, ReqBody};
+use super::proxy::{host_for, send, Forwarded};
+use super::retry::{self, Outcome};
+use super::route::Route;
+use crate::upstream::breaker::Limit;
+use crate::upstream::outlier::Recorded;
+use crate::upstream::pool::Pools;
+use crate::upstream::{balance, Endpoint, Upstream, UpstreamError};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, Method, Request, Uri, Version};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The request head kept to build each try.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: ReqBody) -> Request<ReqBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+struct Replay {
+    head: Head,
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+pub async fn forward(
+    pools: &Arc<Pools>,
+    route: &Route,
+    parts: Parts,
+    body: ReqBody,
+    upgrade: bool,
+    attempts: &mut u32,
+) -> Result<Forwarded, UpstreamError> {
+    let up = &route.upstream;
+    let policy = route
+        .retry
+        .as_ref()
+        .filter(|p| !upgrade && p.attempts > 1 && p.allows_method(&parts.method));
+    let mut first = None;
+    let mut replay = None;
+    match policy {
+        None => first = Some(Request::from_parts(parts, body)),
+        Some(p) => match body::buffer(body, p.max_replay_body).await {
+            Err(source) => return Err(UpstreamError::RequestBody { source }),
+            Ok(Buffered::Whole { data, trailers }) => {
+                let head = Head {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                };
+                replay = Some(Replay {
+                    head,
+                    data,
+                    trailers,
+                });
+            }
+            Ok(Buffered::TooLarge(body)) => {
+                tracing::debug!(route = %route.name, "request body larger than max_replay_body: streamed, not retried");
+                first = Some(Request::from_parts(parts, body));
+            }
+        },
+    }
+    if let Some(p) = policy {
+        p.budget.deposit();
+    }
+    let mut avoid = None;
+    let mut _retry_permit = None;
+    loop {
+        *attempts += 1;
+        let req = match (first.take(), &replay) {
+            (Some(req), _) => req,
+            (None, Some(r)) => r.head.request(ReqBody::replay(&r.data, &r.trailers)),
+            // Unreachable: without a replayable body the loop returns after the first try.
+            (None, None) => {
+                return Err(UpstreamError::NoEndpoint {
+                    upstream: up.name.clone(),
+                    targets: String::new(),
+                })
+            }
+        };
+        let (result, outcome, endpoint) = attempt(pools, route, req, upgrade, avoid).await;
+        let Some(p) = policy else { return result };
+        if replay.is_none() || *attempts >= p.attempts {
+            return result;
+        }
+        let Some(reason) = p.condition(outcome) else {
+            return result;
+        };
+        let wait = match &result {
+            Ok((resp, ..)) => match retry::retry_after(resp.headers()) {
+                Some(d) if d > p.retry_after_max => return result,
+                Some(d) => d,
+                None => p.backoff(*attempts),
+            },
+            Err(_) => p.backoff(*attempts),
+        };
+        if !p.budget.try_withdraw() {
+            up.metrics.budget_exhausted(&route.name, &up.name);
+            tracing::debug!(route = %route.name, "retry budget exhausted: not retrying");
+            return result;
+        }
+        let Some(permit) = up.limits.acquire(Limit::Retries) else {
+            up.metrics.overflowed(&up.name, Limit::Retries.name());
+            return result;
+        };
+        _retry_permit = Some(permit);
+        up.metrics.retry(&route.name, &up.name, reason);
+        avoid = endpoint;
+        // Dropping an unread response closes its connection instead of pooling it: the body
+        // of a failed try is not worth reading.
+        drop(result);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One try: limits, endpoint, breaker, send, record.
+async fn attempt(
+    pools: &Arc<Pools>,
+    route: &Route,
+    mut req: Request<ReqBody>,
+    upgrade: bool,
+    avoid: Option<SocketAddr>,
+) -> (
+    Result<Forwarded, UpstreamError>,
+    Outcome,
+    Option<SocketAddr>,
+) {
+    let up = &route.upstream;
+    let local = |e: UpstreamError| {
+        (
+            Err(e),
+            Outcome::Failed(crate::upstream::error::FailureKind::Local),
+            None,
+        )
+    };
+    let Some(_permit) = up.limits.acquire(Limit::Requests) else {
+        up.metrics.overflowed(&up.name, Limit::Requests.name());
+        return local(UpstreamError::Overflow {
+            upstream: up.name.clone(),
+            limit: Limit::Requests.name(),
+        });
+    };
+    let ep = match balance::pick(up, avoid) {
+        Ok(ep) => ep,
+        Err(e) => return local(e),
+    };
+    let admission = match &up.breaker {
+        Some(b) => match b.admit() {
+            Some(a) => Some(a),
+            None => {
+                return local(UpstreamError::CircuitOpen {
+                    upstream: up.name.clone(),
+                })
+            }
+        },
+        None => None,
+    };
+    match host_for(route, &ep, req.headers(), req.uri()) {
+        Some(h) => {
+            req.headers_mut().insert(header::HOST, h);
+        }
+        None => {
+            req.headers_mut().remove(header::HOST);
+        }
+    }
+    let started = Instant::now();
+    let inflight = ep.load.start();
+    let per_try = route.retry.as_ref().and_then(|p| p.per_try_timeout);
+    let result = match per_try {
+        Some(t) => match tokio::time::timeout(t, send(pools, up, &ep, req, upgrade)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::TryTimeout {
+                endpoint: ep.addr,
+                timeout: t,
+            }),
+        },
+        None => send(pools, up, &ep, req, upgrade).await,
+    };
+    drop(inflight);
+    let outcome = match &result {
+        Ok((resp, ..)) => Outcome::Status(resp.status()),
+        Err(e) => Outcome::Failed(e.kind()),
+    };
+    record(up, &ep, admission, outcome, started.elapsed());
+    (result, outcome, Some(ep.addr))
+}
+
+/// Feeds one try's outcome to the balancer's latency estimate, outlier detection and breaker.
+fn record(
+    up: &Upstream,
+    ep: &Arc<Endpoint>,
+    admission: Option<crate::upstream::breaker::Admission>,
+    outcome: Outcome,
+    rtt: Duration,
+) {
+    ep.load.observe(rtt);
+    if let Some(policy) = &up.outlier {
+        if outcome.is_failure() {
+            let may_eject = || {
+                let eps = up.endpoints();
+                let now = Instant::now();
+                let ejected = eps.iter().filter(|e| e.outlier.is_ejected(now)).count();
+                ejected < policy.max_ejected(eps.len())
+            };
+            if let Recorded::Ejected { for_, times } = ep.outlier.failure(policy, may_eject) {
+                tracing::warn!(upstream = %up.name, endpoint = %ep.addr, ejected_for = ?for_, times,
+                    "outlier detection: endpoint ejected after consecutive failures");
+                up.metrics.ejections.get_or_create(&ep.label).inc();
+                let gauge = up.metrics.ejected.get_or_create(&ep.label).clone();
+                gauge.set(1);
+                tokio::spawn(async move {
+                    tokio::time::sleep(for_).await;
+                    gauge.set(0);
+                });
+            }
+        } else {
+            ep.outlier.success();
+        }
+    }
+    if let (Some(b), Some(a)) = (&up.breaker, admission) {
+        b.record(a, outcome.is_failure());
+    }
+}
