@@ -33,7 +33,7 @@ pub fn pick(up: &Upstream, avoid: Option<SocketAddr>) -> Result<Arc<Endpoint>, U
         &|_| true,
     ];
     for ok in filters {
-        if let Some(ep) = choose(up, &eps, ok) {
+        if let Some(ep) = choose(up, &eps, ok, avoid.is_none()) {
             return Ok(ep.clone());
         }
     }
@@ -69,14 +69,21 @@ fn weighted<'a>(
     None
 }
 
+/// `advance`: a first try moves the round-robin position on; a retry does not, so retries do
+/// not skew the rotation of first tries.
 fn choose<'a>(
     up: &Upstream,
     eps: &'a [Arc<Endpoint>],
     ok: &dyn Fn(&Endpoint) -> bool,
+    advance: bool,
 ) -> Option<&'a Arc<Endpoint>> {
     match up.balance {
         Balance::RoundRobin => {
-            let seed = up.rr_counter().fetch_add(1, Ordering::Relaxed) as u64;
+            let seed = if advance {
+                up.rr_counter().fetch_add(1, Ordering::Relaxed)
+            } else {
+                up.rr_counter().load(Ordering::Relaxed)
+            } as u64;
             weighted(eps, seed, ok)
         }
         Balance::Random => weighted(eps, random_u64(), ok),

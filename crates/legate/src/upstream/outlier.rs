@@ -74,19 +74,32 @@ impl EndpointOutlier {
     }
 
     /// Counts a failure; ejects when the threshold is reached and `may_eject` allows it.
+    /// `may_eject` looks at the other endpoints, so it runs without this endpoint's lock held.
     pub fn failure(&self, policy: &OutlierPolicy, may_eject: impl FnOnce() -> bool) -> Recorded {
+        {
+            let Ok(mut s) = self.state.lock() else {
+                return Recorded::Nothing;
+            };
+            let now = Instant::now();
+            if s.ejected_until.is_some_and(|t| t > now) {
+                return Recorded::Nothing;
+            }
+            if let Some(t) = s.ejected_until.take() {
+                s.last_ejection_end = Some(t);
+            }
+            s.consecutive += 1;
+            if s.consecutive < policy.consecutive_failures {
+                return Recorded::Nothing;
+            }
+        }
+        if !may_eject() {
+            return Recorded::Nothing;
+        }
         let Ok(mut s) = self.state.lock() else {
             return Recorded::Nothing;
         };
         let now = Instant::now();
         if s.ejected_until.is_some_and(|t| t > now) {
-            return Recorded::Nothing;
-        }
-        if let Some(t) = s.ejected_until.take() {
-            s.last_ejection_end = Some(t);
-        }
-        s.consecutive += 1;
-        if s.consecutive < policy.consecutive_failures || !may_eject() {
             return Recorded::Nothing;
         }
         s.times_ejected += 1;
