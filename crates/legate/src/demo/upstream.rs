@@ -18,6 +18,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     pub failure_rate: f64,
+    /// Fraction of requests answered only after `spike`.
+    pub spike_rate: f64,
+    pub spike: Duration,
 }
 
 #[derive(Default)]
@@ -35,9 +38,17 @@ pub struct Stats {
 pub struct Flaky {
     pub addr: SocketAddr,
     counters: Arc<Counters>,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+    acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl Flaky {
+    /// Takes the endpoint down hard: new connections are refused, open ones reset.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.acceptor.abort();
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             total: self.counters.total.load(Ordering::Relaxed),
@@ -146,17 +157,24 @@ pub async fn spawn(faults: Faults) -> std::io::Result<Flaky> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let counters = Arc::new(Counters::default());
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = counters.clone();
-    tokio::spawn(async move {
+    let k = killed.clone();
+    let acceptor = tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
             let c = c.clone();
+            let k = k.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let c = c.clone();
+                    let k = k.clone();
                     async move {
+                        if k.load(Ordering::SeqCst) {
+                            return Err(InjectedReset);
+                        }
                         c.total.fetch_add(1, Ordering::Relaxed);
                         let roll = (request_id::next() >> 11) as f64 / (1u64 << 53) as f64;
                         if roll < faults.failure_rate {
@@ -170,6 +188,10 @@ pub async fn spawn(faults: Faults) -> std::io::Result<Flaky> {
                             }
                             return Err(InjectedReset);
                         }
+                        let spike = (request_id::next() >> 11) as f64 / (1u64 << 53) as f64;
+                        if spike < faults.spike_rate {
+                            tokio::time::sleep(faults.spike).await;
+                        }
                         Ok(answer(req, peer).await)
                     }
                 });
@@ -179,5 +201,10 @@ pub async fn spawn(faults: Faults) -> std::io::Result<Flaky> {
             });
         }
     });
-    Ok(Flaky { addr, counters })
+    Ok(Flaky {
+        addr,
+        counters,
+        killed,
+        acceptor,
+    })
 }

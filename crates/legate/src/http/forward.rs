@@ -92,7 +92,7 @@ pub async fn forward(
     if let Some(p) = policy {
         p.budget.deposit();
     }
-    let mut avoid = None;
+    let mut failed: Vec<SocketAddr> = Vec::new();
     let mut _retry_permit = None;
     loop {
         *attempts += 1;
@@ -107,7 +107,7 @@ pub async fn forward(
                 })
             }
         };
-        let (result, outcome, endpoint) = attempt(pools, route, req, upgrade, avoid).await;
+        let (result, outcome, endpoint) = attempt(pools, route, req, upgrade, &failed).await;
         let Some(p) = policy else { return result };
         if replay.is_none() || *attempts >= p.attempts {
             return result;
@@ -134,7 +134,7 @@ pub async fn forward(
         };
         _retry_permit = Some(permit);
         up.metrics.retry(&route.name, &up.name, reason);
-        avoid = endpoint;
+        failed.extend(endpoint);
         // Dropping an unread response closes its connection instead of pooling it: the body
         // of a failed try is not worth reading.
         drop(result);
@@ -148,7 +148,7 @@ async fn attempt(
     route: &Route,
     mut req: Request<ReqBody>,
     upgrade: bool,
-    avoid: Option<SocketAddr>,
+    avoid: &[SocketAddr],
 ) -> (
     Result<Forwarded, UpstreamError>,
     Outcome,
@@ -215,6 +215,10 @@ async fn attempt(
 }
 
 /// Feeds one try's outcome to the balancer's latency estimate, outlier detection and breaker.
+/// A failed try weighs this much in the latency estimate: failing fast (a refused
+/// connection) must not make an endpoint look attractive to p2c-EWMA.
+const FAILURE_PENALTY: Duration = Duration::from_millis(500);
+
 fn record(
     up: &Upstream,
     ep: &Arc<Endpoint>,
@@ -222,7 +226,12 @@ fn record(
     outcome: Outcome,
     rtt: Duration,
 ) {
-    ep.load.observe(rtt);
+    ep.load.observe(if outcome.is_failure() {
+        rtt.max(FAILURE_PENALTY)
+    } else {
+        rtt
+    });
+    ep.load.outcome(outcome.is_failure());
     if let Some(policy) = &up.outlier {
         if outcome.is_failure() {
             let may_eject = || {

@@ -137,6 +137,7 @@ pub struct Metrics {
     pub retry_budget_exhausted: Family<RouteOnlyLabels, Counter>,
     pub rate_limited: Family<RequestRouteLabels, Counter>,
     pub circuit_state: Family<UpstreamLabels, Gauge>,
+    pub circuit_trips: Family<UpstreamLabels, Counter>,
     pub overflow: Family<OverflowLabels, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
     pub ejected: Family<EndpointLabels, Gauge>,
@@ -214,6 +215,7 @@ impl Metrics {
         let retry_budget_exhausted = Family::<RouteOnlyLabels, Counter>::default();
         let rate_limited = Family::<RequestRouteLabels, Counter>::default();
         let circuit_state = Family::<UpstreamLabels, Gauge>::default();
+        let circuit_trips = Family::<UpstreamLabels, Counter>::default();
         let overflow = Family::<OverflowLabels, Counter>::default();
         let ejections = Family::<EndpointLabels, Counter>::default();
         let ejected = Family::<EndpointLabels, Gauge>::default();
@@ -238,6 +240,11 @@ impl Metrics {
             "circuit_state",
             "Circuit breaker state: 0 closed, 1 open, 2 half-open",
             circuit_state.clone(),
+        );
+        registry.register(
+            "circuit_trips",
+            "Times the circuit breaker opened",
+            circuit_trips.clone(),
         );
         registry.register(
             "upstream_overflow",
@@ -270,6 +277,7 @@ impl Metrics {
             retry_budget_exhausted,
             rate_limited,
             circuit_state,
+            circuit_trips,
             overflow,
             ejections,
             ejected,

@@ -1,9 +1,9 @@
 //! Endpoint choice: `p2c-ewma` (default), `least-request`, `round-robin` or `random`, with
 //! optional weights. Ejected and unhealthy endpoints are skipped while any other is available;
-//! when none is, every endpoint is tried anyway (Envoy's "panic mode"): failing every request
-//! is never better than trying.
+//! when none is, they are tried anyway (Envoy's "panic mode"): failing every request is never
+//! better than trying.
 //!
-//! A retry passes the address that just failed as `avoid`.
+//! A retry passes the addresses that already failed this request as `avoid`.
 
 use super::{Endpoint, Upstream, UpstreamError};
 use crate::config::resilience::Balance;
@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub fn pick(up: &Upstream, avoid: Option<SocketAddr>) -> Result<Arc<Endpoint>, UpstreamError> {
+pub fn pick(up: &Upstream, avoid: &[SocketAddr]) -> Result<Arc<Endpoint>, UpstreamError> {
     let eps = up.endpoints();
     if eps.is_empty() {
         let names: Vec<String> = up.targets.iter().map(|t| t.spec.to_string()).collect();
@@ -26,16 +26,22 @@ pub fn pick(up: &Upstream, avoid: Option<SocketAddr>) -> Result<Arc<Endpoint>, U
         return Ok(eps[0].clone());
     }
     let now = Instant::now();
-    // Strictest filter first, then relax.
-    let filters: [&dyn Fn(&Endpoint) -> bool; 3] = [
-        &|e| e.available(now) && Some(e.addr) != avoid,
-        &|e| e.available(now),
-        &|_| true,
-    ];
-    for ok in filters {
-        if let Some(ep) = choose(up, &eps, ok, avoid.is_none()) {
-            return Ok(ep.clone());
-        }
+    // Each endpoint scores the tries this request already failed on it, plus two when it is
+    // ejected or failing health checks, plus (on retries) up to two for failures in a row
+    // across requests; the balancer chooses among the lowest scores. A first try therefore
+    // only sees available endpoints (panic mode when there are none), and a retry moves to the
+    // endpoint with the least evidence against it — a dead endpoint that outlier detection has
+    // not ejected yet stops attracting retries after a couple of failures.
+    let score = |e: &Endpoint| {
+        let tried = avoid.iter().filter(|a| **a == e.addr).count();
+        // Failures before this request; its own are already in `tried`.
+        let earlier = (e.load.failing() as usize).saturating_sub(tried);
+        let suspect = if avoid.is_empty() { 0 } else { earlier.min(2) };
+        tried + suspect + if e.available(now) { 0 } else { 2 }
+    };
+    let best = eps.iter().map(|e| score(e)).min().unwrap_or(0);
+    if let Some(ep) = choose(up, &eps, &|e| score(e) == best, avoid.is_empty()) {
+        return Ok(ep.clone());
     }
     Ok(eps[0].clone())
 }

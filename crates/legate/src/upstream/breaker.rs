@@ -9,6 +9,7 @@
 //!   half-open lets `probes` requests through, and closes only if all of them succeed.
 
 use crate::config::resilience::CircuitBreakerConfig;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -164,6 +165,7 @@ pub struct Breaker {
     probes: u32,
     inner: Mutex<Inner>,
     gauge: Gauge,
+    trips_total: Counter,
 }
 
 /// Whether an admitted request is one of the half-open probes.
@@ -173,7 +175,12 @@ pub struct Admission {
 }
 
 impl Breaker {
-    pub fn new(upstream: Arc<str>, c: &CircuitBreakerConfig, gauge: Gauge) -> Self {
+    pub fn new(
+        upstream: Arc<str>,
+        c: &CircuitBreakerConfig,
+        gauge: Gauge,
+        trips_total: Counter,
+    ) -> Self {
         gauge.set(0);
         Self {
             upstream,
@@ -188,6 +195,7 @@ impl Breaker {
                 window: Window::new(c.window.get()),
             }),
             gauge,
+            trips_total,
         }
     }
 
@@ -273,6 +281,7 @@ impl Breaker {
         let factor = 1u32 << i.trips.min(16);
         let open_for = self.open_for.saturating_mul(factor).min(self.max_open_for);
         i.trips += 1;
+        self.trips_total.inc();
         i.window.clear();
         self.set(
             i,
@@ -302,7 +311,12 @@ mod tests {
 
     #[test]
     fn opens_half_opens_and_closes() {
-        let b = Breaker::new(Arc::from("api"), &cfg(), Gauge::default());
+        let b = Breaker::new(
+            Arc::from("api"),
+            &cfg(),
+            Gauge::default(),
+            Counter::default(),
+        );
         let closed = Admission { probe: false };
         b.record(closed, true);
         b.record(closed, false);
@@ -328,7 +342,12 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_for_longer_up_to_the_cap() {
-        let b = Breaker::new(Arc::from("api"), &cfg(), Gauge::default());
+        let b = Breaker::new(
+            Arc::from("api"),
+            &cfg(),
+            Gauge::default(),
+            Counter::default(),
+        );
         for _ in 0..4 {
             b.record(Admission { probe: false }, true);
         }

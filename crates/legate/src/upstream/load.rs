@@ -15,6 +15,9 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 pub struct Load {
     inflight: AtomicU32,
     ewma: Mutex<(f64, Instant)>,
+    /// Failures since the last success: an endpoint failing fast (refused connections) must
+    /// look expensive, not cheap.
+    failing: AtomicU32,
 }
 
 impl Default for Load {
@@ -22,6 +25,7 @@ impl Default for Load {
         Self {
             inflight: AtomicU32::new(0),
             ewma: Mutex::new((DEFAULT_RTT.as_secs_f64(), Instant::now())),
+            failing: AtomicU32::new(0),
         }
     }
 }
@@ -69,9 +73,23 @@ impl Load {
             .unwrap_or(DEFAULT_RTT.as_secs_f64())
     }
 
-    /// The p2c-EWMA cost: predicted latency × (requests in flight + 1).
+    /// Failures since the last success.
+    pub fn failing(&self) -> u32 {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub fn outcome(&self, failed: bool) {
+        if failed {
+            self.failing.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failing.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The p2c-EWMA cost: predicted latency × (requests in flight + 1) × (failures in a row + 1).
     pub fn cost(&self) -> f64 {
-        self.ewma() * f64::from(self.inflight() + 1)
+        let failing = self.failing.load(Ordering::Relaxed).min(1000);
+        self.ewma() * f64::from(self.inflight() + 1) * f64::from(failing + 1)
     }
 }
 

@@ -193,7 +193,13 @@ impl Upstream {
                         upstream: cfg.name.clone(),
                     })
                     .clone();
-                breaker::Breaker::new(Arc::from(cfg.name.as_str()), c, gauge)
+                let trips = metrics
+                    .circuit_trips
+                    .get_or_create(&crate::telemetry::metrics::UpstreamLabels {
+                        upstream: cfg.name.clone(),
+                    })
+                    .clone();
+                breaker::Breaker::new(Arc::from(cfg.name.as_str()), c, gauge, trips)
             }),
             outlier: outlier::OutlierPolicy::from_config(&cfg.outlier_detection),
             health_check: cfg.health_check.clone(),
