@@ -116,6 +116,7 @@ fn demo_runs_and_summarises() {
         "20ms",
         "--failure-rate",
         "0.5",
+        "--no-resilience",
     ]);
     let out = run_with_deadline("legate demo", &mut cmd, Duration::from_secs(30));
     assert_eq!(out.code(), Some(0), "{}", out.describe());
@@ -133,6 +134,35 @@ fn demo_runs_and_summarises() {
     ] {
         assert!(text.contains(want), "summary lacks `{want}`: {text}");
     }
+
+    // With the policies the same faults are masked, and the summary says what did it.
+    let mut resilient = Command::new(legate_bin());
+    resilient.args([
+        "demo",
+        "--duration",
+        "2s",
+        "--interval",
+        "20ms",
+        "--failure-rate",
+        "0.3",
+        "--quiet",
+    ]);
+    let out = run_with_deadline("legate demo", &mut resilient, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let text = out.describe();
+    for want in [
+        "retries sent by legate",
+        "outlier ejections",
+        "circuit breaker trips",
+    ] {
+        assert!(text.contains(want), "summary lacks `{want}`: {text}");
+    }
+    let retries: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("retries sent by legate"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(retries > 0.0, "30% failures need retries: {text}");
 
     let mut clean = Command::new(legate_bin());
     clean.args([
