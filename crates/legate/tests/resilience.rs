@@ -340,6 +340,13 @@ async fn a_body_over_the_replay_limit_streams_once_and_is_not_retried() {
     assert_eq!(r.status, 503);
     assert_eq!(up.seen(), 1);
     assert_eq!(up.bodies.lock().unwrap()[0], big, "the body arrived whole");
+    wait_until_async("access log", || !legate.log.lock().unwrap().is_empty()).await;
+    let line = &legate.log_lines()[0];
+    assert_eq!(
+        line["retry"], "body-too-large",
+        "the access log says why it was not retried: {line}"
+    );
+    assert_eq!(line["attempts"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

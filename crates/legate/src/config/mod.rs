@@ -413,6 +413,49 @@ upstreams:
     }
 
     #[test]
+    fn invalid_policies_are_config_errors_with_lines() {
+        let src = r#"
+listeners:
+  - name: app
+    listen: 127.0.0.1:8080
+    routes:
+      - name: r
+        upstream: api
+        timeout: 1s
+        retry: { attempts: 0, per_try_timeout: 2s, budget: { ratio: 1.5 } }
+        rate_limit: { rate: 10/s, burst: 0 }
+upstreams:
+  - name: api
+    endpoints: ["127.0.0.1:1"]
+    circuit_breaker: { failure_ratio: 0, probes: 0 }
+    outlier_detection: { max_ejected_percent: 150 }
+    health_check: { interval: 1s, timeout: 2s }
+"#;
+        let text = load_str("p.yaml", src, no_env).unwrap_err().to_string();
+        for want in [
+            "p.yaml:9:28: listeners[0].routes[0].retry.attempts: must be at least 1",
+            "listeners[0].routes[0].retry.per_try_timeout: 2s is longer than the route timeout 1s",
+            "listeners[0].routes[0].retry.budget.ratio: 1.5 is outside 0..1",
+            "p.yaml:10:42: listeners[0].routes[0].rate_limit.burst: must be at least 1",
+            "upstreams[0].circuit_breaker.failure_ratio: 0 is outside (0, 1]",
+            "upstreams[0].circuit_breaker.probes: must be at least 1",
+            "upstreams[0].outlier_detection.max_ejected_percent: must be between 0 and 100",
+            "upstreams[0].health_check: set `http: { path: /healthz }` or `tcp: {}`",
+            "upstreams[0].health_check.timeout: must not exceed interval (1s)",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
+        let bad_condition = src.replace("attempts: 0,", "attempts: 2, on: [sometimes],");
+        let text = load_str("p.yaml", &bad_condition, no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("unknown retry condition `sometimes`"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn bad_duration_is_located() {
         let src = GOOD.replace("connect_timeout: 2s", "connect_timeout: 2 seconds");
         let err = load_str("f.yaml", &src, no_env).unwrap_err();

@@ -57,8 +57,9 @@ pub async fn forward(
     parts: Parts,
     body: ReqBody,
     upgrade: bool,
-    attempts: &mut u32,
+    obs: &mut super::observe::Observe,
 ) -> Result<Forwarded, UpstreamError> {
+    let attempts = &mut obs.attempts;
     let up = &route.upstream;
     let policy = route
         .retry
@@ -84,6 +85,7 @@ pub async fn forward(
                 });
             }
             Ok(Buffered::TooLarge(body)) => {
+                obs.replay_skipped = true;
                 tracing::debug!(route = %route.name, "request body larger than max_replay_body: streamed, not retried");
                 first = Some(Request::from_parts(parts, body));
             }

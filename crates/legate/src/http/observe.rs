@@ -37,6 +37,8 @@ pub struct Observe {
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Tries sent upstream (1 + retries); 0 when legate answered without trying.
     pub attempts: u32,
+    /// The route could have retried, but the body was too large to keep for replay.
+    pub replay_skipped: bool,
 }
 
 impl Observe {
@@ -59,6 +61,7 @@ impl Observe {
             body_error: None,
             bytes_in: None,
             attempts: 0,
+            replay_skipped: false,
         }
     }
 
@@ -107,6 +110,7 @@ impl Observe {
             error,
             aborted,
             attempts: self.attempts,
+            replay_skipped: self.replay_skipped,
         });
     }
 }

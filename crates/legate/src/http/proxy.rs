@@ -102,7 +102,7 @@ pub async fn handle(
 
     let sent = tokio::time::timeout(
         route.timeout,
-        super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs.attempts),
+        super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs),
     )
     .await;
     let (mut resp, pool_return, endpoint) = match sent {

@@ -70,6 +70,8 @@ pub struct Entry<'a> {
     pub aborted: bool,
     /// Tries sent upstream.
     pub attempts: u32,
+    /// A retriable request whose body was too large to replay (so it was not retried).
+    pub replay_skipped: bool,
 }
 
 impl Entry<'_> {
@@ -113,6 +115,9 @@ impl Entry<'_> {
         }
         if self.aborted {
             s.push_str(",\"aborted\":true");
+        }
+        if self.replay_skipped {
+            s.push_str(",\"retry\":\"body-too-large\"");
         }
         s.push_str("}\n");
         s
@@ -200,6 +205,7 @@ mod tests {
             error: Some("connect-refused"),
             aborted: false,
             attempts: 2,
+            replay_skipped: false,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b\n");
