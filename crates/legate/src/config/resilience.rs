@@ -375,6 +375,10 @@ pub struct OutlierConfig {
     pub enabled: bool,
     #[serde(default = "default_consecutive_failures")]
     pub consecutive_failures: u32,
+    /// Connections refused or timed out in a row that eject an endpoint: nobody listening is
+    /// a clearer signal than a 503, so it acts sooner.
+    #[serde(default = "default_consecutive_connect_failures")]
+    pub consecutive_connect_failures: u32,
     #[serde(default = "default_base_ejection")]
     pub base_ejection: ConfigDuration,
     #[serde(default = "default_max_ejection")]
@@ -388,6 +392,7 @@ impl Default for OutlierConfig {
         Self {
             enabled: true,
             consecutive_failures: default_consecutive_failures(),
+            consecutive_connect_failures: default_consecutive_connect_failures(),
             base_ejection: default_base_ejection(),
             max_ejection: default_max_ejection(),
             max_ejected_percent: default_max_ejected_percent(),
@@ -399,6 +404,9 @@ fn default_true() -> bool {
 }
 fn default_consecutive_failures() -> u32 {
     5
+}
+fn default_consecutive_connect_failures() -> u32 {
+    3
 }
 fn default_base_ejection() -> ConfigDuration {
     ConfigDuration::from_secs(30)

@@ -169,6 +169,12 @@ fn check_upstream_policies(issues: &mut Issues, base: &str, u: &super::model::Up
                 "must be at least 1 (or set enabled: false)",
             );
         }
+        if od.consecutive_connect_failures == 0 {
+            issues.add(
+                format!("{p}.consecutive_connect_failures"),
+                "must be at least 1",
+            );
+        }
         issues.positive(format!("{p}.base_ejection"), od.base_ejection.get());
         if od.max_ejection < od.base_ejection {
             issues.add(

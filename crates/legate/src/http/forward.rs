@@ -16,6 +16,7 @@ use super::proxy::{host_for, send, Forwarded};
 use super::retry::{self, Outcome};
 use super::route::Route;
 use crate::upstream::breaker::Limit;
+use crate::upstream::error::FailureKind;
 use crate::upstream::outlier::Recorded;
 use crate::upstream::pool::Pools;
 use crate::upstream::{balance, Endpoint, Upstream, UpstreamError};
@@ -242,7 +243,11 @@ fn record(
                 let ejected = eps.iter().filter(|e| e.outlier.is_ejected(now)).count();
                 ejected < policy.max_ejected(eps.len())
             };
-            if let Recorded::Ejected { for_, times } = ep.outlier.failure(policy, may_eject) {
+            if let Recorded::Ejected { for_, times } = ep.outlier.failure(
+                policy,
+                outcome == Outcome::Failed(FailureKind::Connect),
+                may_eject,
+            ) {
                 tracing::warn!(upstream = %up.name, endpoint = %ep.addr, ejected_for = ?for_, times,
                     "outlier detection: endpoint ejected after consecutive failures");
                 up.metrics.ejections.get_or_create(&ep.label).inc();

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 struct State {
     consecutive: u32,
+    /// Connections refused or timed out in a row: an unambiguous "nobody is there".
+    consecutive_connect: u32,
     ejected_until: Option<Instant>,
     times_ejected: u32,
     last_ejection_end: Option<Instant>,
@@ -24,6 +26,7 @@ pub struct EndpointOutlier {
 #[derive(Debug, Clone)]
 pub struct OutlierPolicy {
     pub consecutive_failures: u32,
+    pub consecutive_connect_failures: u32,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
@@ -33,6 +36,7 @@ impl OutlierPolicy {
     pub fn from_config(c: &OutlierConfig) -> Option<Self> {
         c.enabled.then(|| Self {
             consecutive_failures: c.consecutive_failures,
+            consecutive_connect_failures: c.consecutive_connect_failures,
             base_ejection: c.base_ejection.get(),
             max_ejection: c.max_ejection.get(),
             max_ejected_percent: c.max_ejected_percent,
@@ -63,6 +67,7 @@ impl EndpointOutlier {
     pub fn success(&self) {
         if let Ok(mut s) = self.state.lock() {
             s.consecutive = 0;
+            s.consecutive_connect = 0;
             // A long clean run after the last ejection forgets past ejections.
             if let (Some(end), None) = (s.last_ejection_end, s.ejected_until) {
                 if end.elapsed() > Duration::from_secs(300) {
@@ -75,7 +80,12 @@ impl EndpointOutlier {
 
     /// Counts a failure; ejects when the threshold is reached and `may_eject` allows it.
     /// `may_eject` looks at the other endpoints, so it runs without this endpoint's lock held.
-    pub fn failure(&self, policy: &OutlierPolicy, may_eject: impl FnOnce() -> bool) -> Recorded {
+    pub fn failure(
+        &self,
+        policy: &OutlierPolicy,
+        connect: bool,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Recorded {
         {
             let Ok(mut s) = self.state.lock() else {
                 return Recorded::Nothing;
@@ -88,7 +98,14 @@ impl EndpointOutlier {
                 s.last_ejection_end = Some(t);
             }
             s.consecutive += 1;
-            if s.consecutive < policy.consecutive_failures {
+            s.consecutive_connect = if connect {
+                s.consecutive_connect + 1
+            } else {
+                0
+            };
+            if s.consecutive < policy.consecutive_failures
+                && s.consecutive_connect < policy.consecutive_connect_failures
+            {
                 return Recorded::Nothing;
             }
         }
@@ -104,6 +121,7 @@ impl EndpointOutlier {
         }
         s.times_ejected += 1;
         s.consecutive = 0;
+        s.consecutive_connect = 0;
         let base = policy
             .base_ejection
             .saturating_mul(s.times_ejected)
@@ -126,6 +144,7 @@ mod tests {
     fn policy() -> OutlierPolicy {
         OutlierPolicy {
             consecutive_failures: 3,
+            consecutive_connect_failures: 2,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(25),
             max_ejected_percent: 50,
@@ -136,11 +155,11 @@ mod tests {
     fn ejects_after_consecutive_failures_growing_and_capped() {
         let o = EndpointOutlier::default();
         let p = policy();
-        assert_eq!(o.failure(&p, || true), Recorded::Nothing);
+        assert_eq!(o.failure(&p, false, || true), Recorded::Nothing);
         o.success();
-        assert_eq!(o.failure(&p, || true), Recorded::Nothing);
-        assert_eq!(o.failure(&p, || true), Recorded::Nothing);
-        let Recorded::Ejected { for_, times } = o.failure(&p, || true) else {
+        assert_eq!(o.failure(&p, false, || true), Recorded::Nothing);
+        assert_eq!(o.failure(&p, false, || true), Recorded::Nothing);
+        let Recorded::Ejected { for_, times } = o.failure(&p, false, || true) else {
             panic!("ejected")
         };
         assert_eq!(times, 1);
@@ -152,9 +171,9 @@ mod tests {
         // Pretend the ejection ended, fail again: the second ejection is longer, the third capped.
         o.state.lock().unwrap().ejected_until = Some(Instant::now());
         for _ in 0..2 {
-            o.failure(&p, || true);
+            o.failure(&p, false, || true);
         }
-        let Recorded::Ejected { for_, times } = o.failure(&p, || true) else {
+        let Recorded::Ejected { for_, times } = o.failure(&p, false, || true) else {
             panic!("ejected")
         };
         assert_eq!(times, 2);
@@ -164,12 +183,30 @@ mod tests {
         );
         o.state.lock().unwrap().ejected_until = Some(Instant::now());
         for _ in 0..2 {
-            o.failure(&p, || true);
+            o.failure(&p, false, || true);
         }
-        let Recorded::Ejected { for_, .. } = o.failure(&p, || true) else {
+        let Recorded::Ejected { for_, .. } = o.failure(&p, false, || true) else {
             panic!("ejected")
         };
         assert!(for_ <= Duration::from_secs(25), "{for_:?}");
+    }
+
+    #[test]
+    fn refused_connections_eject_sooner() {
+        let o = EndpointOutlier::default();
+        let p = policy();
+        assert_eq!(o.failure(&p, true, || true), Recorded::Nothing);
+        assert!(matches!(
+            o.failure(&p, true, || true),
+            Recorded::Ejected { .. }
+        ));
+        let o = EndpointOutlier::default();
+        o.failure(&p, true, || true);
+        assert_eq!(
+            o.failure(&p, false, || true),
+            Recorded::Nothing,
+            "a 503 breaks the connect streak"
+        );
     }
 
     #[test]
@@ -177,7 +214,7 @@ mod tests {
         let o = EndpointOutlier::default();
         let p = policy();
         for _ in 0..10 {
-            assert_eq!(o.failure(&p, || false), Recorded::Nothing);
+            assert_eq!(o.failure(&p, false, || false), Recorded::Nothing);
         }
         assert!(!o.is_ejected(Instant::now()));
         assert_eq!(p.max_ejected(2), 1);
