@@ -627,7 +627,7 @@ async fn outlier_detection_never_ejects_more_than_the_cap() {
 async fn health_checks_move_endpoints_out_and_back() {
     let sick = switch(true).await;
     let well = switch(false).await;
-    let hc = "    balance: round-robin\n    outlier_detection: { enabled: false }\n    health_check: { http: { path: /healthz, expect: 200-399 }, interval: 50ms, timeout: 40ms, healthy_threshold: 1, unhealthy_threshold: 2 }";
+    let hc = "    balance: round-robin\n    outlier_detection: { enabled: false }\n    health_check: { http: { path: /healthz, expect: 200-399 }, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 2 }";
     let legate = Legate::start(&retry_config(&[sick.up.addr, well.up.addr], "", hc));
     let m = legate.running.as_ref().unwrap().metrics.clone();
     let label = format!("endpoint=\"{}\"", sick.up.addr);

@@ -21,6 +21,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct EndpointOutlier {
     state: Mutex<State>,
+    /// Set while there is anything for `success` to reset, so the common case takes no lock.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,9 @@ pub enum Recorded {
 
 impl EndpointOutlier {
     pub fn is_ejected(&self, now: Instant) -> bool {
+        if !self.dirty.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         self.state
             .lock()
             .map(|s| s.ejected_until.is_some_and(|t| t > now))
@@ -65,6 +70,9 @@ impl EndpointOutlier {
     }
 
     pub fn success(&self) {
+        if !self.dirty.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut s) = self.state.lock() {
             s.consecutive = 0;
             s.consecutive_connect = 0;
@@ -74,6 +82,10 @@ impl EndpointOutlier {
                     s.times_ejected = 0;
                     s.last_ejection_end = None;
                 }
+            }
+            if s.times_ejected == 0 && s.ejected_until.is_none() {
+                self.dirty
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -97,6 +109,7 @@ impl EndpointOutlier {
             if let Some(t) = s.ejected_until.take() {
                 s.last_ejection_end = Some(t);
             }
+            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
             s.consecutive += 1;
             s.consecutive_connect = if connect {
                 s.consecutive_connect + 1
