@@ -219,6 +219,12 @@ fn slow_upstream_per_try_timeouts_are_cut_by_route_timeout() {
     assert_eq!(line["route"], "slow", "{line}");
     assert_eq!(line["status"], 504, "{line}");
     assert_eq!(line["error"], "timeout", "{line}");
+    assert!(
+        line["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("127.0.0.1:")),
+        "the log names the endpoint of the last try: {line}"
+    );
     // Two tries timed out after 1 s each; the third had started (and counts)
     // when the route timeout fired.
     assert_eq!(line["attempts"], 3, "{line}");

@@ -111,6 +111,11 @@ pub async fn forward(
             }
         };
         let (result, outcome, endpoint) = attempt(pools, route, req, upgrade, &failed).await;
+        // The access log names the last endpoint tried, even if the route timeout ends the
+        // request during a later wait.
+        if endpoint.is_some() {
+            obs.endpoint = endpoint;
+        }
         let Some(p) = policy else { return result };
         if replay.is_none() || *attempts >= p.attempts {
             return result;

@@ -117,7 +117,9 @@ pub async fn handle(
         }
         Ok(Err(e)) => {
             let (status, reason) = e.reply();
-            obs.endpoint = e.endpoint();
+            if let Some(ep) = e.endpoint() {
+                obs.endpoint = Some(ep);
+            }
             let endpoint = e
                 .endpoint()
                 .map(|a| a.to_string())
