@@ -113,6 +113,18 @@ async fn faulty(script: impl Fn(usize) -> Act + Send + Sync + 'static) -> Faulty
     Faulty { addr, seen, bodies }
 }
 
+/// Answers the first `n` requests with `fail`, then 200s.
+async fn fails_first(n: usize, fail: Act) -> Faulty {
+    faulty(move |i| {
+        if i < n {
+            fail.clone()
+        } else {
+            Act::Status(200, "")
+        }
+    })
+    .await
+}
+
 fn retry_config(addrs: &[SocketAddr], retry: &str, upstream_extra: &str) -> String {
     let eps: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
@@ -150,14 +162,7 @@ async fn request(legate: &Legate, method: &str, body: &'static [u8]) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_are_retried_an_exact_number_of_times() {
-    let up = faulty(|n| {
-        if n < 2 {
-            Act::Status(503, "")
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(2, Act::Status(503, "")).await;
     let legate = Legate::start(&retry_config(&[up.addr], RETRY3, ""));
     let r = request(&legate, "GET", b"").await;
     assert_eq!(r.status, 200);
@@ -192,26 +197,12 @@ async fn gateway_errors_are_retried_an_exact_number_of_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_condition_only_retries_its_own_failures() {
     // Resets are retried under `reset` ...
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Reset
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Reset).await;
     let legate = Legate::start(&retry_config(&[up.addr], RETRY3, ""));
     assert_eq!(request(&legate, "GET", b"").await.status, 200);
     assert_eq!(up.seen(), 2);
     // ... but not when only gateway errors are named.
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Reset
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Reset).await;
     let only_gw =
         "        retry: { attempts: 3, on: [gateway-error], backoff: { base: 1ms, max: 2ms } }";
     let legate = Legate::start(&retry_config(&[up.addr], only_gw, ""));
@@ -227,14 +218,7 @@ async fn each_condition_only_retries_its_own_failures() {
     assert_eq!(request(&legate, "GET", b"").await.status, 500);
     assert_eq!(up.seen(), 1);
     // Explicit codes work.
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Status(409, "")
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Status(409, "")).await;
     let codes = "        retry: { attempts: 2, on: [409], backoff: { base: 1ms, max: 2ms } }";
     let legate = Legate::start(&retry_config(&[up.addr], codes, ""));
     assert_eq!(request(&legate, "GET", b"").await.status, 200);
@@ -272,14 +256,7 @@ async fn connect_failures_retry_on_another_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_try_timeout_gives_up_on_a_slow_try_and_retries() {
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Delay(Duration::from_secs(5))
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Delay(Duration::from_secs(5))).await;
     let retry = "        retry: { attempts: 2, on: [timeout], per_try_timeout: 200ms, backoff: { base: 1ms, max: 2ms } }";
     let legate = Legate::start(&retry_config(&[up.addr], retry, ""));
     assert_eq!(request(&legate, "GET", b"").await.status, 200);
@@ -294,26 +271,12 @@ async fn per_try_timeout_gives_up_on_a_slow_try_and_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_not_retried_unless_allowed_and_then_replays_the_same_bytes() {
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Status(503, "")
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Status(503, "")).await;
     let legate = Legate::start(&retry_config(&[up.addr], RETRY3, ""));
     assert_eq!(request(&legate, "POST", b"order-42").await.status, 503);
     assert_eq!(up.seen(), 1, "POST is not idempotent");
 
-    let up = faulty(|n| {
-        if n < 2 {
-            Act::Status(503, "")
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(2, Act::Status(503, "")).await;
     let allowed = "        retry: { attempts: 3, on: [gateway-error], retry_non_idempotent: true, backoff: { base: 1ms, max: 2ms } }";
     let legate = Legate::start(&retry_config(&[up.addr], allowed, ""));
     let body: &'static [u8] = b"{\"order\": 42, \"items\": [1, 2, 3]}";
@@ -353,16 +316,7 @@ async fn a_body_over_the_replay_limit_streams_once_and_is_not_retried() {
 async fn nothing_is_retried_once_the_response_started() {
     let up = faulty(|_| Act::PartialBody).await;
     let legate = Legate::start(&retry_config(&[up.addr], RETRY3, ""));
-    let resp = Client::h1(legate.addr)
-        .await
-        .send_raw(
-            Request::get("/")
-                .header("host", "x")
-                .body(full(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = Client::h1(legate.addr).await.get_raw("/").await.unwrap();
     assert_eq!(resp.status(), 200);
     use http_body_util::BodyExt;
     assert!(
@@ -402,14 +356,7 @@ async fn the_budget_caps_retries_when_everything_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_up_to_its_cap() {
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Status(503, "retry-after: 1\r\n")
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Status(503, "retry-after: 1\r\n")).await;
     let legate = Legate::start(&retry_config(&[up.addr], RETRY3, ""));
     let started = Instant::now();
     assert_eq!(request(&legate, "GET", b"").await.status, 200);
@@ -419,14 +366,7 @@ async fn retry_after_is_honoured_up_to_its_cap() {
     );
     assert_eq!(up.seen(), 2);
 
-    let up = faulty(|n| {
-        if n == 0 {
-            Act::Status(503, "retry-after: 120\r\n")
-        } else {
-            Act::Status(200, "")
-        }
-    })
-    .await;
+    let up = fails_first(1, Act::Status(503, "retry-after: 120\r\n")).await;
     let legate = Legate::start(&retry_config(&[up.addr], RETRY3, ""));
     let r = request(&legate, "GET", b"").await;
     assert_eq!(

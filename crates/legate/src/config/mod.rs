@@ -15,7 +15,7 @@ pub use duration::ConfigDuration;
 pub use model::*;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One problem found in a config file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,14 +287,6 @@ fn strip_positions(msg: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Where the config came from, for messages and `/config`.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    File(PathBuf),
-    Flags,
-    Demo,
 }
 
 /// Renders a config as YAML (for `--print-config` and `GET /config`).

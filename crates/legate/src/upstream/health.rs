@@ -12,7 +12,6 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 const UNKNOWN: u8 = 0;
 const HEALTHY: u8 = 1;
@@ -182,12 +181,4 @@ pub async fn run(up: Arc<Upstream>) {
             let _ = c.await;
         }
     }
-}
-
-/// The shortest interval among checked upstreams, for how often readiness is re-evaluated.
-pub fn min_interval(upstreams: &[Arc<Upstream>]) -> Option<Duration> {
-    upstreams
-        .iter()
-        .filter_map(|u| u.health_check.as_ref().map(|h| h.interval.get()))
-        .min()
 }

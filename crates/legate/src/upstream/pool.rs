@@ -130,17 +130,6 @@ impl Pools {
             });
         }
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .map(|i| {
-                i.iter()
-                    .map(|(_, e)| e.h1.len() + usize::from(e.h2.is_some()))
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
 }
 
 /// A connection ready to take a request, and whether it was reused from the pool.

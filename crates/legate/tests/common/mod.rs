@@ -316,12 +316,20 @@ impl Client {
         }
     }
 
-    pub async fn get(&mut self, path: &str) -> Reply {
-        let req = Request::get(path)
+    fn get_request(path: &str) -> Request<Body> {
+        Request::get(path)
             .header("host", "localhost")
             .body(full(Bytes::new()))
-            .unwrap();
-        self.send(req).await
+            .expect("valid request")
+    }
+
+    /// A GET whose response body the caller reads (or drops) itself.
+    pub async fn get_raw(&mut self, path: &str) -> Result<Response<Incoming>, hyper::Error> {
+        self.send_raw(Self::get_request(path)).await
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send(Self::get_request(path)).await
     }
 }
 
