@@ -5,12 +5,12 @@
 #   plain:    one route, no retry, outlier detection off, no circuit_breaker section
 #   policies: retry (3 attempts, budget), circuit_breaker (limits + state machine),
 #             outlier detection, p2c-ewma
-# legate pinned to core 0, upstream and wrk to core 1. Prints CPU µs/request and req/s for each
-# run and the median ratio. Usage: bash bench/policies.sh   (ROUNDS=3 DURATION=5s)
+# legate pinned to core 0, upstream and wrk to core 1; the order alternates (ABBA) by round. Prints CPU µs/request and req/s for each
+# run and the median ratio. Usage: bash bench/policies.sh   (ROUNDS=6 DURATION=5s)
 set -euo pipefail
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd -- "$here/.." && pwd)
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-5s}
 LEGATE_BIN=${LEGATE_BIN:-$root/target/release/legate}
 [[ -x $LEGATE_BIN ]] || (cd "$root" && cargo build --release -p legate >&2)
@@ -75,8 +75,14 @@ run() { # $1 = plain|policies -> "µs/req req/s"
 printf '| round | plain µs/req | policies µs/req | plain req/s | policies req/s |\n|---:|---:|---:|---:|---:|\n'
 ratios=()
 for i in $(seq "$ROUNDS"); do
-  read -r pc pr < <(run plain)
-  read -r qc qr < <(run policies)
+  # ABBA order: whichever runs second in a round gets a warmer machine, so alternate.
+  if (( i % 2 )); then
+    read -r pc pr < <(run plain)
+    read -r qc qr < <(run policies)
+  else
+    read -r qc qr < <(run policies)
+    read -r pc pr < <(run plain)
+  fi
   printf '| %d | %s | %s | %s | %s |\n' "$i" "$pc" "$qc" "$pr" "$qr"
   ratios+=("$(awk -v a="$qr" -v b="$pr" 'BEGIN{printf "%.3f", a/b}')")
 done

@@ -6,6 +6,10 @@
 //!              → record (EWMA, outlier detection, breaker) }
 //! ```
 //!
+//! The route timeout is one deadline for the whole request (body buffering, tries and the waits
+//! between them); a try's own timer is the earlier of that deadline and its per-try timeout,
+//! so each try arms exactly one timer.
+//!
 //! A try is retried only when the route has a retry policy, the method may be retried, the
 //! body could be kept for replay, the outcome matches a condition, tries are left, the budget
 //! allows it and the upstream's `max_retries` is not reached. Nothing is retried once the
@@ -60,7 +64,10 @@ pub async fn forward(
     upgrade: bool,
     obs: &mut super::observe::Observe,
 ) -> Result<Forwarded, UpstreamError> {
-    let attempts = &mut obs.attempts;
+    let deadline = Deadline {
+        at: tokio::time::Instant::from_std(obs.start) + route.timeout,
+        route,
+    };
     let up = &route.upstream;
     let policy = route
         .retry
@@ -70,7 +77,18 @@ pub async fn forward(
     let mut replay = None;
     match policy {
         None => first = Some(Request::from_parts(parts, body)),
-        Some(p) => match body::buffer(body, p.max_replay_body).await {
+        Some(p) => match match body {
+            // Nothing to read: no timer either.
+            ReqBody::Empty => Ok(Buffered::Whole {
+                data: Bytes::new(),
+                trailers: None,
+            }),
+            body => {
+                deadline
+                    .bound(body::buffer(body, p.max_replay_body))
+                    .await?
+            }
+        } {
             Err(source) => return Err(UpstreamError::RequestBody { source }),
             Ok(Buffered::Whole { data, trailers }) => {
                 let head = Head {
@@ -93,8 +111,9 @@ pub async fn forward(
         },
     }
     if let Some(p) = policy {
-        p.budget.deposit();
+        p.budget.deposit(obs.start);
     }
+    let attempts = &mut obs.attempts;
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut _retry_permit = None;
     loop {
@@ -110,11 +129,15 @@ pub async fn forward(
                 })
             }
         };
-        let (result, outcome, endpoint) = attempt(pools, route, req, upgrade, &failed).await;
+        let (result, outcome, endpoint) =
+            attempt(pools, route, req, upgrade, &failed, &deadline).await;
         // The access log names the last endpoint tried, even if the route timeout ends the
         // request during a later wait.
         if endpoint.is_some() {
             obs.endpoint = endpoint;
+        }
+        if let Err(UpstreamError::RouteTimeout { .. }) = result {
+            return result;
         }
         let Some(p) = policy else { return result };
         if replay.is_none() || *attempts >= p.attempts {
@@ -146,7 +169,28 @@ pub async fn forward(
         // Dropping an unread response closes its connection instead of pooling it: the body
         // of a failed try is not worth reading.
         drop(result);
-        tokio::time::sleep(wait).await;
+        deadline.bound(tokio::time::sleep(wait)).await?;
+    }
+}
+
+/// The route timeout: one instant for the whole request.
+struct Deadline<'a> {
+    at: tokio::time::Instant,
+    route: &'a Route,
+}
+
+impl Deadline<'_> {
+    fn expired(&self) -> UpstreamError {
+        UpstreamError::RouteTimeout {
+            upstream: self.route.upstream.name.clone(),
+            timeout: self.route.timeout,
+        }
+    }
+
+    async fn bound<F: std::future::Future>(&self, f: F) -> Result<F::Output, UpstreamError> {
+        tokio::time::timeout_at(self.at, f)
+            .await
+            .map_err(|_| self.expired())
     }
 }
 
@@ -157,6 +201,7 @@ async fn attempt(
     mut req: Request<ReqBody>,
     upgrade: bool,
     avoid: &[SocketAddr],
+    deadline: &Deadline<'_>,
 ) -> (
     Result<Forwarded, UpstreamError>,
     Outcome,
@@ -200,25 +245,31 @@ async fn attempt(
             req.headers_mut().remove(header::HOST);
         }
     }
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
+    let per_try = route
+        .retry
+        .as_ref()
+        .and_then(|p| p.per_try_timeout)
+        .filter(|t| started + *t < deadline.at);
+    let until = per_try.map_or(deadline.at, |t| started + t);
     let inflight = ep.load.start();
-    let per_try = route.retry.as_ref().and_then(|p| p.per_try_timeout);
-    let result = match per_try {
-        Some(t) => match tokio::time::timeout(t, send(pools, up, &ep, req, upgrade)).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::TryTimeout {
+    let result = match tokio::time::timeout_at(until, send(pools, up, &ep, req, upgrade)).await {
+        Ok(r) => r,
+        Err(_) => Err(match per_try {
+            Some(timeout) => UpstreamError::TryTimeout {
                 endpoint: ep.addr,
-                timeout: t,
-            }),
-        },
-        None => send(pools, up, &ep, req, upgrade).await,
+                timeout,
+            },
+            None => deadline.expired(),
+        }),
     };
     drop(inflight);
     let outcome = match &result {
         Ok((resp, ..)) => Outcome::Status(resp.status()),
         Err(e) => Outcome::Failed(e.kind()),
     };
-    record(up, &ep, admission, outcome, started.elapsed());
+    let now = Instant::now();
+    record(up, &ep, admission, outcome, now, now - started.into_std());
     (result, outcome, Some(ep.addr))
 }
 
@@ -232,19 +283,20 @@ fn record(
     ep: &Arc<Endpoint>,
     admission: Option<crate::upstream::breaker::Admission>,
     outcome: Outcome,
+    now: Instant,
     rtt: Duration,
 ) {
-    ep.load.observe(if outcome.is_failure() {
+    let sample = if outcome.is_failure() {
         rtt.max(FAILURE_PENALTY)
     } else {
         rtt
-    });
+    };
+    ep.load.observe(sample, now);
     ep.load.outcome(outcome.is_failure());
     if let Some(policy) = &up.outlier {
         if outcome.is_failure() {
             let may_eject = || {
                 let eps = up.endpoints();
-                let now = Instant::now();
                 let ejected = eps.iter().filter(|e| e.outlier.is_ejected(now)).count();
                 ejected < policy.max_ejected(eps.len())
             };
@@ -268,6 +320,6 @@ fn record(
         }
     }
     if let (Some(b), Some(a)) = (&up.breaker, admission) {
-        b.record(a, outcome.is_failure());
+        b.record(a, outcome.is_failure(), now);
     }
 }

@@ -24,7 +24,7 @@ pub struct ListenerObs {
 pub struct Observe {
     listener: Arc<ListenerObs>,
     pub route: Option<Arc<Route>>,
-    start: Instant,
+    pub(crate) start: Instant,
     /// Wall-clock start, read only when the access log is on.
     ts: Option<SystemTime>,
     /// Kept only when the access log is on.

@@ -2,7 +2,7 @@
 //!
 //! 1. refuse what an ambassador must never forward (CONNECT, absolute-form to other hosts);
 //! 2. match a route; 3. request id, hop-by-hop removal, header rules, Host;
-//! 4. forward within the route's timeout: pick an endpoint, check out a pooled connection or
+//! 4. forward within the route's timeout (one deadline, see `forward`): pick an endpoint, check out a pooled connection or
 //!    open one, send (a request the pool's connection never wrote is re-sent once on a fresh
 //!    connection: the keep-alive race, envoy#1979);
 //! 5. response header rules; the body streams back and is accounted for when it ends.
@@ -100,22 +100,9 @@ pub async fn handle(
         }
     };
 
-    let sent = tokio::time::timeout(
-        route.timeout,
-        super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs),
-    )
-    .await;
+    let sent = super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs).await;
     let (mut resp, pool_return, endpoint) = match sent {
-        Err(_) => {
-            tracing::warn!(route = %route.name, upstream = %route.upstream.name, timeout = ?route.timeout,
-                "upstream did not answer within the route timeout");
-            let detail = format!(
-                "upstream `{}` did not answer within {:?}",
-                route.upstream.name, route.timeout
-            );
-            return local::reply(StatusCode::GATEWAY_TIMEOUT, "timeout", &detail, obs);
-        }
-        Ok(Err(e)) => {
+        Err(e) => {
             let (status, reason) = e.reply();
             if let Some(ep) = e.endpoint() {
                 obs.endpoint = Some(ep);
@@ -128,7 +115,7 @@ pub async fn handle(
                 endpoint, reason, error = %e, "upstream request failed");
             return local::reply(status, reason, &e.to_string(), obs);
         }
-        Ok(Ok(sent)) => sent,
+        Ok(sent) => sent,
     };
     obs.endpoint = Some(endpoint);
     obs.status = resp.status().as_u16();

@@ -53,7 +53,11 @@ pub fn generate() -> HeaderValue {
         out[o + 1] = HEX[(byte & 0xf) as usize];
         o += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // An owned buffer: the id is cloned into the access log and every try's request, and
+    // clones of an owner-backed `Bytes` share it without the allocation a `Vec`-backed one
+    // makes on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Returns the request's id, adding one when absent.

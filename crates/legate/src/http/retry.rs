@@ -8,8 +8,8 @@
 
 use crate::config::resilience::{RetryConfig, RetryOn};
 use crate::upstream::error::FailureKind;
+use crate::window::Window;
 use http::{HeaderMap, Method, StatusCode};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 /// What one try came back with.
@@ -171,71 +171,38 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
 
 /// Retries allowed over the last 10 s: `ratio` × requests + `min_per_second` × 10 — the
 /// Envoy/Linkerd budget, so a dead upstream sees at most (1 + ratio)× the load, not
-/// `attempts`× the load.
+/// `attempts`× the load. Requests are the window's events, retries its marks.
 #[derive(Debug)]
 pub struct Budget {
     ratio: f64,
     floor: u32,
-    ring: Mutex<Ring>,
+    window: Window,
 }
 
-const BUCKETS: usize = 10;
-
-#[derive(Debug)]
-struct Ring {
-    start: Instant,
-    /// (second index, requests, retries)
-    buckets: [(u64, u64, u64); BUCKETS],
-}
-
-impl Ring {
-    fn bucket(&mut self, now: Instant) -> &mut (u64, u64, u64) {
-        let sec = now.saturating_duration_since(self.start).as_secs();
-        let b = &mut self.buckets[(sec % BUCKETS as u64) as usize];
-        if b.0 != sec {
-            *b = (sec, 0, 0);
-        }
-        b
-    }
-
-    fn totals(&self, now: Instant) -> (u64, u64) {
-        let sec = now.saturating_duration_since(self.start).as_secs();
-        self.buckets
-            .iter()
-            .filter(|b| b.0 != u64::MAX && b.0 + BUCKETS as u64 > sec)
-            .fold((0, 0), |(r, t), b| (r + b.1, t + b.2))
-    }
-}
+/// The budget's span in seconds.
+const SPAN_SECS: u32 = 10;
 
 impl Budget {
     pub fn new(ratio: f64, min_per_second: u32) -> Self {
         Self {
             ratio,
             floor: min_per_second,
-            ring: Mutex::new(Ring {
-                start: Instant::now(),
-                buckets: [(u64::MAX, 0, 0); BUCKETS],
-            }),
+            window: Window::new(Duration::from_secs(u64::from(SPAN_SECS))),
         }
     }
 
-    /// Counts one original request.
-    pub fn deposit(&self) {
-        if let Ok(mut r) = self.ring.lock() {
-            r.bucket(Instant::now()).1 += 1;
-        }
+    /// Counts one original request that arrived at `now`.
+    pub fn deposit(&self, now: Instant) {
+        self.window.add(now, false);
     }
 
     /// Takes one retry from the budget, or says no.
     pub fn try_withdraw(&self) -> bool {
-        let Ok(mut r) = self.ring.lock() else {
-            return false;
-        };
         let now = Instant::now();
-        let (requests, retries) = r.totals(now);
-        let allowed = self.ratio * requests as f64 + f64::from(self.floor) * BUCKETS as f64;
-        if (retries as f64) < allowed {
-            r.bucket(now).2 += 1;
+        let t = self.window.totals(now);
+        let allowed = self.ratio * t.events as f64 + f64::from(self.floor) * f64::from(SPAN_SECS);
+        if (t.marked as f64) < allowed {
+            self.window.mark(now);
             true
         } else {
             false
@@ -300,7 +267,7 @@ mod tests {
     fn budget_caps_retries_at_ratio_plus_floor() {
         let b = Budget::new(0.2, 1);
         for _ in 0..1000 {
-            b.deposit();
+            b.deposit(Instant::now());
         }
         let granted = (0..1000).filter(|_| b.try_withdraw()).count();
         assert_eq!(granted, 210, "0.2 × 1000 requests + 1/s × 10 s");

@@ -9,6 +9,7 @@
 //!   half-open lets `probes` requests through, and closes only if all of them succeed.
 
 use crate::config::resilience::CircuitBreakerConfig;
+use crate::window::Window;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -104,55 +105,10 @@ enum Mode {
     HalfOpen { left: u32, ok: u32 },
 }
 
-/// Ten buckets over the window; old buckets are cleared as time moves on.
-#[derive(Debug)]
-struct Window {
-    width: Duration,
-    start: Instant,
-    buckets: [(u64, u32, u32); 10],
-}
-
-impl Window {
-    fn new(window: Duration) -> Self {
-        Self {
-            width: (window / 10).max(Duration::from_millis(1)),
-            start: Instant::now(),
-            buckets: [(u64::MAX, 0, 0); 10],
-        }
-    }
-
-    fn slot(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.start).as_nanos() / self.width.as_nanos().max(1)) as u64
-    }
-
-    fn add(&mut self, now: Instant, failed: bool) {
-        let s = self.slot(now);
-        let b = &mut self.buckets[(s % 10) as usize];
-        if b.0 != s {
-            *b = (s, 0, 0);
-        }
-        b.1 += 1;
-        b.2 += u32::from(failed);
-    }
-
-    fn totals(&self, now: Instant) -> (u32, u32) {
-        let s = self.slot(now);
-        self.buckets
-            .iter()
-            .filter(|b| b.0 != u64::MAX && b.0 + 10 > s)
-            .fold((0, 0), |(t, f), b| (t + b.1, f + b.2))
-    }
-
-    fn clear(&mut self) {
-        self.buckets = [(u64::MAX, 0, 0); 10];
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     mode: Mode,
     trips: u32,
-    window: Window,
 }
 
 #[derive(Debug)]
@@ -164,6 +120,8 @@ pub struct Breaker {
     max_open_for: Duration,
     probes: u32,
     inner: Mutex<Inner>,
+    /// Outcomes while closed (marked = failed); added to without the lock.
+    window: Window,
     /// Mirrors "closed" so the common case admits without taking the lock.
     closed: std::sync::atomic::AtomicBool,
     gauge: Gauge,
@@ -194,8 +152,8 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 mode: Mode::Closed,
                 trips: 0,
-                window: Window::new(c.window.get()),
             }),
+            window: Window::new(c.window.get()),
             closed: std::sync::atomic::AtomicBool::new(true),
             gauge,
             trips_total,
@@ -256,32 +214,38 @@ impl Breaker {
         }
     }
 
-    pub fn record(&self, admission: Admission, failed: bool) {
-        let Ok(mut i) = self.inner.lock() else { return };
-        let now = Instant::now();
-        match i.mode {
-            Mode::Closed if !admission.probe => {
-                i.window.add(now, failed);
-                let (total, failures) = i.window.totals(now);
-                if total >= self.min_requests
-                    && f64::from(failures) >= self.failure_ratio * f64::from(total)
-                {
-                    self.trip(&mut i, now);
-                }
-            }
-            Mode::HalfOpen { ok, .. } if admission.probe => {
-                if failed {
-                    self.trip(&mut i, now);
-                } else if ok + 1 >= self.probes {
-                    i.trips = 0;
-                    i.window.clear();
-                    self.set(&mut i, Mode::Closed);
-                } else if let Mode::HalfOpen { ok, .. } = &mut i.mode {
-                    *ok += 1;
-                }
-            }
+    pub fn record(&self, admission: Admission, failed: bool, now: Instant) {
+        if !admission.probe {
             // Late results from before a state change say nothing about the upstream now.
-            _ => {}
+            if !self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            self.window.add(now, failed);
+            // A success only lowers the failure ratio: the lock is for deciding to trip.
+            if !failed {
+                return;
+            }
+            let Ok(mut i) = self.inner.lock() else { return };
+            let t = self.window.totals(now);
+            if matches!(i.mode, Mode::Closed)
+                && t.events >= u64::from(self.min_requests)
+                && t.marked as f64 >= self.failure_ratio * t.events as f64
+            {
+                self.trip(&mut i, now);
+            }
+            return;
+        }
+        let Ok(mut i) = self.inner.lock() else { return };
+        if let Mode::HalfOpen { ok, .. } = i.mode {
+            if failed {
+                self.trip(&mut i, now);
+            } else if ok + 1 >= self.probes {
+                i.trips = 0;
+                self.window.clear();
+                self.set(&mut i, Mode::Closed);
+            } else if let Mode::HalfOpen { ok, .. } = &mut i.mode {
+                *ok += 1;
+            }
         }
     }
 
@@ -290,7 +254,7 @@ impl Breaker {
         let open_for = self.open_for.saturating_mul(factor).min(self.max_open_for);
         i.trips += 1;
         self.trips_total.inc();
-        i.window.clear();
+        self.window.clear();
         self.set(
             i,
             Mode::Open {
@@ -326,11 +290,12 @@ mod tests {
             Counter::default(),
         );
         let closed = Admission { probe: false };
-        b.record(closed, true);
-        b.record(closed, false);
-        b.record(closed, true);
+        b.record(closed, true, Instant::now());
+        b.record(closed, false, Instant::now());
+        b.record(closed, false, Instant::now());
         assert_eq!(b.state(), State::Closed, "below min_requests nothing trips");
-        b.record(closed, false);
+        // The decision is taken on a failure: a success only lowers the ratio.
+        b.record(closed, true, Instant::now());
         assert_eq!(b.state(), State::Open, "2 of 4 failed = ratio 0.5");
         assert!(b.admit().is_none(), "open fails fast");
         std::thread::sleep(Duration::from_millis(60));
@@ -342,9 +307,9 @@ mod tests {
             b.admit().is_none(),
             "only `probes` requests while half-open"
         );
-        b.record(p1, false);
+        b.record(p1, false, Instant::now());
         assert_eq!(b.state(), State::HalfOpen);
-        b.record(p2, false);
+        b.record(p2, false, Instant::now());
         assert_eq!(b.state(), State::Closed);
     }
 
@@ -357,12 +322,12 @@ mod tests {
             Counter::default(),
         );
         for _ in 0..4 {
-            b.record(Admission { probe: false }, true);
+            b.record(Admission { probe: false }, true, Instant::now());
         }
         assert_eq!(b.state(), State::Open);
         std::thread::sleep(Duration::from_millis(60));
         let p = b.admit().unwrap();
-        b.record(p, true);
+        b.record(p, true, Instant::now());
         assert_eq!(b.state(), State::Open);
         // Second trip: 100 ms, so at 60 ms it is still open.
         std::thread::sleep(Duration::from_millis(60));

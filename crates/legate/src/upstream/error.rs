@@ -20,6 +20,11 @@ pub enum UpstreamError {
     },
     #[error("upstream `{upstream}`: circuit open after repeated failures; failing fast")]
     CircuitOpen { upstream: UpstreamName },
+    #[error("upstream `{upstream}` did not answer within {timeout:?} (the route timeout)")]
+    RouteTimeout {
+        upstream: UpstreamName,
+        timeout: std::time::Duration,
+    },
     #[error("{endpoint} did not answer within the per-try timeout {timeout:?}")]
     TryTimeout {
         endpoint: SocketAddr,
@@ -74,7 +79,9 @@ impl UpstreamError {
             UpstreamError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overflow"),
             UpstreamError::RequestBody { .. } => (StatusCode::BAD_REQUEST, "request-body-error"),
             UpstreamError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
-            UpstreamError::TryTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            UpstreamError::TryTimeout { .. } | UpstreamError::RouteTimeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "timeout")
+            }
             UpstreamError::ConnectRefused { .. } => (StatusCode::BAD_GATEWAY, "connect-refused"),
             UpstreamError::ConnectTimeout { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "connect-timeout")
@@ -96,6 +103,7 @@ impl UpstreamError {
             UpstreamError::NoEndpoint { .. }
             | UpstreamError::Overflow { .. }
             | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::RouteTimeout { .. }
             | UpstreamError::RequestBody { .. } => None,
             UpstreamError::TryTimeout { endpoint, .. } => Some(*endpoint),
             UpstreamError::ConnectRefused { endpoint }
@@ -124,7 +132,9 @@ impl UpstreamError {
             UpstreamError::Reset { .. }
             | UpstreamError::Protocol { .. }
             | UpstreamError::Request { .. } => FailureKind::Reset,
-            UpstreamError::TryTimeout { .. } => FailureKind::Timeout,
+            UpstreamError::TryTimeout { .. } | UpstreamError::RouteTimeout { .. } => {
+                FailureKind::Timeout
+            }
             UpstreamError::NoEndpoint { .. }
             | UpstreamError::Overflow { .. }
             | UpstreamError::CircuitOpen { .. }

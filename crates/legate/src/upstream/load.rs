@@ -49,9 +49,8 @@ impl Load {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    pub fn observe(&self, rtt: Duration) {
+    pub fn observe(&self, rtt: Duration, now: Instant) {
         let sample = rtt.as_secs_f64();
-        let now = Instant::now();
         if let Ok(mut e) = self.ewma.lock() {
             let (cur, at) = *e;
             let next = if sample > cur {
@@ -100,9 +99,9 @@ mod tests {
     #[test]
     fn peak_rises_at_once_and_costs_grow_with_inflight() {
         let l = Load::default();
-        l.observe(Duration::from_millis(200));
+        l.observe(Duration::from_millis(200), Instant::now());
         assert!((l.ewma() - 0.2).abs() < 1e-9);
-        l.observe(Duration::from_millis(1));
+        l.observe(Duration::from_millis(1), Instant::now());
         assert!(
             l.ewma() > 0.19,
             "a fast sample right after does not erase the peak"
