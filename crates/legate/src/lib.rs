@@ -6,11 +6,13 @@
 //! `lifecycle` starts and drains the whole thing, `admin` reports on it.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod lifecycle;
 pub mod listen;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

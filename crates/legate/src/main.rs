@@ -36,9 +36,13 @@ enum Command {
     Check {
         #[arg(short, long, env = "LEGATE_CONFIG")]
         config: PathBuf,
+        /// Do not read the certificate, key and credential files the config names (for a
+        /// manifest whose Secrets are mounted only in the cluster).
+        #[arg(long)]
+        skip_files: bool,
     },
     /// Quick mode: proxy one local port to one upstream, no file needed.
-    Http(HttpArgs),
+    Http(Box<HttpArgs>),
     /// The embedded demo: a flaky upstream, legate in front, and the naive client.
     Demo(legate::demo::DemoArgs),
 }
@@ -66,6 +70,24 @@ struct HttpArgs {
     /// Whole-request timeout for the route (default 15s).
     #[arg(long)]
     timeout: Option<String>,
+    /// CA bundle (PEM file or directory) to verify the https:// upstream; default: system roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS to the upstream; needs --key.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Client certificate and key in one PKCS#12 file.
+    #[arg(long, value_name = "FILE")]
+    pkcs12: Option<PathBuf>,
+    /// File holding the --pkcs12 password.
+    #[arg(long, value_name = "FILE", requires = "pkcs12")]
+    pkcs12_password_file: Option<PathBuf>,
+    /// Name to send as SNI and verify the upstream certificate against.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// Print the equivalent YAML config and exit.
     #[arg(long)]
     print_config: bool,
@@ -109,8 +131,22 @@ fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
         access_log,
         workers: a.workers,
         timeout,
+        tls: config::UpstreamTls {
+            server_name: a.server_name.clone(),
+            ca: a.ca.clone(),
+            client_cert: a.cert.clone(),
+            client_key: a.key.clone(),
+            pkcs12: a.pkcs12.clone().map(|file| config::Pkcs12 {
+                file,
+                password_file: a.pkcs12_password_file.clone(),
+            }),
+            ..Default::default()
+        },
     })?;
-    let issues = config::validate::validate(&cfg);
+    let mut issues = config::validate::validate(&cfg);
+    if issues.is_empty() {
+        issues = config::validate_tls::files(&cfg);
+    }
     if let Some(first) = issues.first() {
         anyhow::bail!("{}: {}", first.path, first.message);
     }
@@ -134,8 +170,13 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => {
-            return match config::load_file(&config) {
+        Command::Check { config, skip_files } => {
+            let files = if skip_files {
+                config::Files::Skip
+            } else {
+                config::Files::Check
+            };
+            return match config::load_file_with(&config, files) {
                 Ok(cfg) => {
                     let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
                     println!(

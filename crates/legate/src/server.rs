@@ -10,12 +10,15 @@ use crate::http::route::{Route, RouteError};
 use crate::http::server as http_server;
 use crate::lifecycle::{self, State};
 use crate::listen::{self, BindError};
+use crate::reload::{self, Reloadable};
 use crate::telemetry::access_log::{AccessLog, Sink};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::client;
+use crate::tls::server::ServerTls;
 use crate::upstream::discovery::{self, Resolver};
 use crate::upstream::health;
 use crate::upstream::pool::Pools;
-use crate::upstream::{BuildError, Upstream};
+use crate::upstream::{BuildError, TlsOrigin, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,6 +37,11 @@ pub enum StartError {
     Invalid(String),
     #[error("cannot start a runtime thread: {0}")]
     Thread(std::io::Error),
+    #[error("{what}: tls: {source}")]
+    Tls {
+        what: String,
+        source: crate::tls::TlsError,
+    },
 }
 
 /// How to run, beyond the config itself.
@@ -96,7 +104,7 @@ pub fn worker_count(cfg: &Config) -> usize {
 
 /// Redacted YAML of the effective config for `/config`.
 fn effective_yaml(cfg: &Config) -> String {
-    config::to_yaml(cfg)
+    config::to_yaml(&config::redacted(cfg))
 }
 
 pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
@@ -120,6 +128,24 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         .map(|(i, u)| Upstream::build(i, u, metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let mut reloadables: Vec<Arc<dyn Reloadable>> = Vec::new();
+    for up in &upstreams {
+        if let Some(crate::auth::UpstreamAuth::Basic(h)) = &up.auth {
+            reloadables.push(h.clone());
+        }
+        match &up.tls {
+            // With system roots and no client certificate there is no file to watch.
+            Some(TlsOrigin::Rustls(tls))
+                if tls.settings().ca.is_some() || client::key_source(tls.settings()).is_some() =>
+            {
+                reloadables.push(tls.clone());
+            }
+            Some(TlsOrigin::Rustls(_)) => {}
+            #[cfg(feature = "legacy-tls")]
+            Some(TlsOrigin::Openssl(tls)) => reloadables.push(tls.clone()),
+            None => {}
+        }
+    }
     // Bind everything before starting anything, so a taken port fails the start cleanly.
     let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
@@ -147,9 +173,33 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                 )));
             };
             let rm = metrics.route(&l.name, &r.name, &r.upstream);
-            routes.push(Arc::new(Route::compile(r, up.clone(), rm)?));
+            let route = Arc::new(Route::compile(r, up.clone(), rm)?);
+            for h in &route.file_headers {
+                reloadables.push(h.clone());
+            }
+            routes.push(route);
         }
-        let ctx = Arc::new(ListenerCtx { addr, routes, obs });
+        let tls = match &l.tls {
+            Some(t) => {
+                let name = format!("listener:{}", l.name);
+                let (server, leaf) = ServerTls::new(name, t).map_err(|source| StartError::Tls {
+                    what: format!("listener `{}`", l.name),
+                    source,
+                })?;
+                tracing::info!(listener = %l.name, serial = %leaf.serial, identity = %leaf.identity(),
+                    mtls = t.client_ca.is_some(), "TLS termination on");
+                let server = Arc::new(server);
+                reloadables.push(server.clone());
+                Some(server)
+            }
+            None => None,
+        };
+        let ctx = Arc::new(ListenerCtx {
+            addr,
+            routes,
+            obs,
+            tls,
+        });
         let builder = Arc::new(http_server::builder(&l.limits));
         for (w, s) in sockets.into_iter().enumerate() {
             per_worker[w].push((s, ctx.clone(), builder.clone()));
@@ -181,9 +231,18 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             state: state.clone(),
             metrics: metrics.clone(),
             config_yaml: effective_yaml(&cfg),
+            insecure_upstreams: cfg
+                .upstreams
+                .iter()
+                .filter(|u| u.tls.as_ref().is_some_and(|t| t.insecure_skip_verify))
+                .map(|u| u.name.clone())
+                .collect(),
         });
         let handle_signals = opts.handle_signals;
         let require_healthy = cfg.admin.ready_requires_healthy_upstreams;
+        let watcher =
+            reload::Watcher::new(reloadables, metrics.clone(), cfg.files.expiry_warning.get());
+        let watch_interval = cfg.files.watch_interval.get();
         std::thread::Builder::new()
             .name("legate-control".into())
             .spawn(move || {
@@ -192,8 +251,12 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                     admin,
                     admin_socket,
                     state,
-                    handle_signals,
-                    require_healthy,
+                    Control {
+                        handle_signals,
+                        require_healthy,
+                        watcher,
+                        watch_interval,
+                    },
                     stop_rx,
                 )
             })
@@ -278,15 +341,28 @@ fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, d
     });
 }
 
+/// What the control thread runs besides admin and discovery.
+struct Control {
+    handle_signals: bool,
+    require_healthy: bool,
+    watcher: reload::Watcher,
+    watch_interval: Duration,
+}
+
 fn run_control(
     upstreams: Vec<Arc<Upstream>>,
     admin: Arc<Admin>,
     admin_socket: Option<std::net::TcpListener>,
     state: Arc<State>,
-    handle_signals: bool,
-    require_healthy: bool,
+    control: Control,
     stop: watch::Receiver<bool>,
 ) {
+    let Control {
+        handle_signals,
+        require_healthy,
+        watcher,
+        watch_interval,
+    } = control;
     let Some(rt) = current_thread_runtime() else {
         state.begin_shutdown("no runtime for the control thread");
         return;
@@ -297,6 +373,14 @@ fn run_control(
         }
         if let Some(socket) = admin_socket {
             tokio::spawn(admin::serve(socket, admin.clone(), stop.clone()));
+        }
+        if !watcher.is_empty() || handle_signals {
+            tokio::spawn(reload::run(
+                watcher,
+                watch_interval,
+                handle_signals,
+                stop.clone(),
+            ));
         }
         let resolver = Arc::new(Resolver::from_system());
         discovery::resolve_initial(&resolver, &upstreams, Duration::from_secs(5)).await;
@@ -311,6 +395,9 @@ fn run_control(
             }
             if up.health_check.is_some() {
                 tokio::spawn(health::run(up.clone()));
+            }
+            if let Some(crate::auth::UpstreamAuth::OAuth2(t)) = &up.auth {
+                tokio::spawn(t.clone().keep_fresh(stop.clone()));
             }
         }
         if require_healthy {

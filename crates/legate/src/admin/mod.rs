@@ -16,6 +16,9 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The effective config as YAML, secrets already redacted.
     pub config_yaml: String,
+    /// Upstreams whose certificates are not verified (`insecure_skip_verify`): every `/config`
+    /// read says so in the log, so the setting cannot hide.
+    pub insecure_upstreams: Vec<String>,
 }
 
 fn text(
@@ -52,6 +55,9 @@ impl Admin {
                 self.metrics.encode(),
             ),
             (&Method::GET, "/config") => {
+                for u in &self.insecure_upstreams {
+                    tracing::warn!(upstream = %u, "insecure_skip_verify is on: this upstream's TLS certificate is not verified");
+                }
                 text(StatusCode::OK, "application/yaml", self.config_yaml.clone())
             }
             (_, "/live" | "/ready" | "/metrics" | "/config") => text(

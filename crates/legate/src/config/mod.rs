@@ -9,7 +9,9 @@ pub mod model;
 pub mod quick;
 pub mod resilience;
 pub mod size;
+pub mod tls;
 pub mod validate;
+pub mod validate_tls;
 
 pub use duration::ConfigDuration;
 pub use model::*;
@@ -67,14 +69,53 @@ impl ConfigError {
     }
 }
 
-/// Reads, expands and validates a config file.
+/// Reads, expands and validates a config file, including the certificate, key and
+/// credential files it names.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    load_file_with(path, Files::Check)
+}
+
+/// Whether validation also reads the files a config names (certificates, keys, secrets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    Check,
+    /// For a config whose files live elsewhere (a manifest checked in CI).
+    Skip,
+}
+
+pub fn load_file_with(path: &Path, files: Files) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: file.clone(),
         source,
     })?;
-    load_str(&file, &text, |k| std::env::var(k).ok())
+    let cfg = load_str(&file, &text, |k| std::env::var(k).ok())?;
+    if files == Files::Skip {
+        return Ok(cfg);
+    }
+    let issues = validate_tls::files(&cfg);
+    if issues.is_empty() {
+        return Ok(cfg);
+    }
+    let expanded = env::expand(&text, |k| std::env::var(k).ok()).unwrap_or_default();
+    let locator = locate::Locator::new(&expanded);
+    let mut diags: Vec<Diagnostic> = issues
+        .into_iter()
+        .map(|i| {
+            let pos = locator
+                .find(&i.path)
+                .unwrap_or(locate::Position { line: 1, col: 1 });
+            Diagnostic {
+                file: file.clone(),
+                line: pos.line,
+                col: pos.col,
+                path: i.path,
+                message: i.message,
+            }
+        })
+        .collect();
+    diags.sort_by_key(|d| (d.line, d.col));
+    Err(ConfigError::Invalid(diags))
 }
 
 /// Parses config text; `file` only names the source in messages.
@@ -290,6 +331,48 @@ fn strip_positions(msg: &str) -> String {
 }
 
 /// Renders a config as YAML (for `--print-config` and `GET /config`).
+/// Header names whose configured values are secrets: shown as `<redacted>` in `/config`.
+pub fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || [
+        "token",
+        "secret",
+        "password",
+        "api-key",
+        "apikey",
+        "auth",
+        "session",
+        "signature",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// The config with secret header values replaced by `<redacted>`. (Certificates, keys and
+/// credentials are files; only their paths are in the config.)
+pub fn redacted(cfg: &Config) -> Config {
+    let mut cfg = cfg.clone();
+    let hide = |rules: &mut HeaderRules| {
+        for map in [&mut rules.set, &mut rules.add] {
+            for (k, v) in map.iter_mut() {
+                if is_secret_header(k) {
+                    *v = "<redacted>".into();
+                }
+            }
+        }
+    };
+    for l in &mut cfg.listeners {
+        for r in &mut l.routes {
+            hide(&mut r.request_headers);
+            hide(&mut r.response_headers);
+        }
+    }
+    cfg
+}
+
 pub fn to_yaml(cfg: &Config) -> String {
     serde_yaml_ng::to_string(cfg).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
 }

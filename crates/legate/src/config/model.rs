@@ -6,6 +6,10 @@ use super::resilience::{
     RateLimitConfig, RetryConfig,
 };
 use super::size::ByteSize;
+pub use super::tls::{
+    AllowList, AuthConfig, BasicAuth, FilesConfig, HeaderFromFile, ListenerTls, OAuth2Config,
+    Pkcs12, TlsBackend, TlsVersion, UpstreamTls,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +26,9 @@ pub struct Config {
     pub access_log: AccessLogMode,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Watching certificate and credential files.
+    #[serde(default)]
+    pub files: FilesConfig,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -105,6 +112,9 @@ pub struct ListenerConfig {
     pub listen: ListenAddr,
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// Terminate TLS (and mTLS) on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
@@ -214,6 +224,10 @@ pub struct HeaderRules {
     /// Remove these headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+    /// Replace (or add) these headers with a file's content (a token, an API key), re-read
+    /// when the file changes. The value never appears in logs or `/config`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set_from_file: BTreeMap<String, HeaderFromFile>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -245,6 +259,9 @@ pub struct UpstreamConfig {
     pub outlier_detection: OutlierConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
+    /// Credentials added to every request: basic auth or OAuth2 client credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
 }
 
 impl UpstreamConfig {
@@ -263,6 +280,7 @@ impl UpstreamConfig {
             circuit_breaker: None,
             outlier_detection: OutlierConfig::default(),
             health_check: None,
+            auth: None,
         }
     }
 }
@@ -272,14 +290,6 @@ fn default_connect_timeout() -> ConfigDuration {
 }
 fn default_dns_refresh() -> ConfigDuration {
     ConfigDuration::from_secs(30)
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
-    /// Name sent as SNI and checked against the certificate; defaults to the endpoint's host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]

@@ -14,6 +14,8 @@ pub struct QuickHttp {
     pub access_log: AccessLogMode,
     pub workers: Option<usize>,
     pub timeout: Option<ConfigDurationArg>,
+    /// `--ca`, `--cert`/`--key`, `--pkcs12`, `--server-name`: the upstream's TLS settings.
+    pub tls: UpstreamTls,
 }
 
 pub type ConfigDurationArg = super::ConfigDuration;
@@ -28,6 +30,8 @@ pub enum QuickError {
         "--upstream: all upstream URLs must use the same scheme (found both http:// and https://)"
     )]
     MixedSchemes,
+    #[error("--ca, --cert, --key, --pkcs12 and --server-name need an https:// upstream")]
+    TlsFlagsWithoutHttps,
 }
 
 pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
@@ -70,7 +74,9 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
     }
     let mut upstream = UpstreamConfig::with_endpoints("upstream", endpoints);
     if tls == Some(true) {
-        upstream.tls = Some(UpstreamTls::default());
+        upstream.tls = Some(q.tls.clone());
+    } else if q.tls != UpstreamTls::default() {
+        return Err(QuickError::TlsFlagsWithoutHttps);
     }
     Ok(Config {
         admin: AdminConfig {
@@ -80,10 +86,12 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         runtime: RuntimeConfig { workers: q.workers },
         access_log: q.access_log,
         shutdown: ShutdownConfig::default(),
+        files: FilesConfig::default(),
         listeners: vec![ListenerConfig {
             name: "app".into(),
             listen: q.listen,
             protocol: ListenerProtocol::Http,
+            tls: None,
             routes: vec![route],
             limits: ListenerLimits::default(),
         }],
@@ -104,6 +112,7 @@ mod tests {
             access_log: AccessLogMode::Json,
             workers: None,
             timeout: None,
+            tls: UpstreamTls::default(),
         }
     }
 

@@ -58,6 +58,14 @@ fn check_header_rules(issues: &mut Issues, path: &str, rules: &HeaderRules) {
             }
         }
     }
+    for name in rules.set_from_file.keys() {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            issues.add(
+                format!("{path}.set_from_file.{name}"),
+                format!("`{name}` is not a valid header name"),
+            );
+        }
+    }
     for (i, name) in rules.remove.iter().enumerate() {
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             issues.add(
@@ -227,6 +235,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
         );
     }
     issues.positive("shutdown.drain_timeout", cfg.shutdown.drain_timeout.get());
+    issues.positive("files.watch_interval", cfg.files.watch_interval.get());
 
     let mut upstream_names: HashMap<&str, usize> = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
@@ -284,6 +293,23 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
                 );
             }
         }
+        if let Some(t) = &u.tls {
+            super::validate_tls::upstream_tls(&mut issues.0, &format!("{base}.tls"), t);
+        }
+        if let Some(auth) = &u.auth {
+            if auth.basic.is_some() && auth.oauth2.is_some() {
+                issues.add(
+                    format!("{base}.auth"),
+                    "choose one of `basic` and `oauth2`: both set Authorization",
+                );
+            }
+            if let Some(o) = &auth.oauth2 {
+                if let Err(e) = crate::auth::oauth2::TokenUrl::parse(&o.token_url) {
+                    issues.add(format!("{base}.auth.oauth2.token_url"), e);
+                }
+                issues.positive(format!("{base}.auth.oauth2.timeout"), o.timeout.get());
+            }
+        }
     }
 
     if cfg.listeners.is_empty() {
@@ -330,6 +356,9 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             format!("{base}.limits.header_read_timeout"),
             l.limits.header_read_timeout.get(),
         );
+        if let Some(t) = &l.tls {
+            super::validate_tls::listener_tls(&mut issues.0, &format!("{base}.tls"), t);
+        }
         if l.routes.is_empty() {
             issues.add(
                 format!("{base}.routes"),

@@ -69,6 +69,15 @@ pub async fn forward(
         route,
     };
     let up = &route.upstream;
+    let mut parts = parts;
+    if let Some(auth) = &up.auth {
+        if let Err(detail) = deadline.bound(auth.apply(&mut parts.headers)).await? {
+            return Err(UpstreamError::Credentials {
+                upstream: up.name.clone(),
+                detail,
+            });
+        }
+    }
     let policy = route
         .retry
         .as_ref()

@@ -24,16 +24,26 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-/// A listener as compiled: its routes and its accounting.
+/// A listener as compiled: its routes, its TLS and its accounting.
 pub struct ListenerCtx {
     pub addr: SocketAddr,
     pub routes: Vec<Arc<Route>>,
     pub obs: Arc<ListenerObs>,
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+}
+
+/// What is known about a client connection before its first request.
+#[derive(Debug, Default)]
+pub struct ConnInfo {
+    /// The verified client certificate as an `x-forwarded-client-cert` element, when the
+    /// listener forwards it.
+    pub xfcc: Option<HeaderValue>,
 }
 
 pub async fn handle(
     listener: &ListenerCtx,
     pools: &Arc<Pools>,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let mut obs = Observe::start(&listener.obs, &req);
@@ -82,6 +92,17 @@ pub async fn handle(
         }
     }
     obs.request_id = Some(request_id::ensure(req.headers_mut()));
+    if let Some(name) = listener
+        .tls
+        .as_ref()
+        .and_then(|t| t.forward_client_cert.as_ref())
+    {
+        // Only legate may say who the client is: a copy from outside is a forgery.
+        req.headers_mut().remove(name);
+        if let Some(v) = &conn.xfcc {
+            req.headers_mut().insert(name.clone(), v.clone());
+        }
+    }
 
     let client_version = req.version();
     let wants_upgrade = client_version < Version::HTTP_2 && is_upgrade_request(req.headers());
@@ -89,6 +110,9 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, wants_upgrade);
     route.request_rules.apply(&mut parts.headers);
+    for h in &route.file_headers {
+        parts.headers.insert(h.header.clone(), h.value());
+    }
     let body = if body.is_end_stream() {
         ReqBody::Empty
     } else {

@@ -60,6 +60,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     pub retry: Option<super::retry::RetryPolicy>,
     pub rate_limit: Option<super::rate_limit::TokenBucket>,
+    /// `request_headers.set_from_file`: values re-read when their files change.
+    pub file_headers: Vec<Arc<crate::auth::secret_header::SecretHeader>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,23 @@ impl Route {
                 .rate_limit
                 .as_ref()
                 .map(super::rate_limit::TokenBucket::new),
+            file_headers: cfg
+                .request_headers
+                .set_from_file
+                .iter()
+                .map(|(k, src)| {
+                    let header = HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| err(format!("bad header `{k}`")))?;
+                    crate::auth::secret_header::SecretHeader::new(
+                        format!("route:{}:{}", cfg.name, k.to_ascii_lowercase()),
+                        header,
+                        vec![src.file.clone()],
+                        crate::auth::secret_header::Render::Prefixed(src.prefix.clone()),
+                    )
+                    .map(Arc::new)
+                    .map_err(|e| err(format!("request_headers.set_from_file.{k}: {e}")))
+                })
+                .collect::<Result<_, RouteError>>()?,
         })
     }
 }

@@ -2,8 +2,11 @@
 //! apart by peeking at the first bytes (no wrapper stays in the I/O path), with header limits
 //! and graceful shutdown.
 
-use super::proxy::{self, ListenerCtx};
+use super::proxy::{self, ConnInfo, ListenerCtx};
 use crate::config::ListenerLimits;
+use crate::telemetry::metrics::{ListenerLabels, TlsFailureLabels};
+use crate::tls::failure;
+use crate::tls::server::ServerTls;
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -155,24 +158,127 @@ pub fn serve(
     let builder = builder.clone();
     tokio::spawn(async move {
         let _tracked = tracked;
-        let h2 = match tokio::time::timeout(builder.header_read_timeout, sniff_h2(&stream)).await {
-            Ok(Ok(h2)) => h2,
-            _ => return,
-        };
-        let ctx = Arc::new((listener, pools));
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&ctx.0, &ctx.1, req).await) }
-        });
-        let io = TokioIo::new(stream);
-        if h2 {
-            let conn = builder.h2.serve_connection(io, svc);
-            with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
-        } else {
-            let conn = builder.h1.serve_connection(io, svc).with_upgrades();
-            with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
+        match listener.tls.clone() {
+            None => {
+                let h2 = match tokio::time::timeout(builder.header_read_timeout, sniff_h2(&stream))
+                    .await
+                {
+                    Ok(Ok(h2)) => h2,
+                    _ => return,
+                };
+                let conn = ConnInfo::default();
+                serve_http(
+                    TokioIo::new(stream),
+                    h2,
+                    conn,
+                    &builder,
+                    listener,
+                    pools,
+                    shutdown,
+                )
+                .await;
+            }
+            Some(tls) => {
+                let Some((stream, conn)) = handshake(&tls, &listener, stream).await else {
+                    return;
+                };
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_http(
+                    TokioIo::new(stream),
+                    h2,
+                    conn,
+                    &builder,
+                    listener,
+                    pools,
+                    shutdown,
+                )
+                .await;
+            }
         }
     });
+}
+
+/// The TLS handshake of an inbound connection; failures are logged with the peer (and, for a
+/// certificate the allow list refused, its identity) and counted by reason.
+async fn handshake(
+    tls: &ServerTls,
+    listener: &ListenerCtx,
+    stream: TcpStream,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
+    let peer = stream.peer_addr().ok();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let failed = |reason: &str| {
+        listener
+            .obs
+            .metrics
+            .tls_handshake_failures
+            .get_or_create(&TlsFailureLabels {
+                listener: listener.obs.name.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    };
+    match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Err(_) => {
+            failed("tls-handshake-timeout");
+            tracing::info!(listener = %listener.obs.name, peer = ?peer, timeout = ?tls.handshake_timeout,
+                "TLS handshake not finished in time; closing");
+            None
+        }
+        Ok(Err(e)) => {
+            let reason = failure::reason(&e);
+            failed(reason);
+            let detail = failure::rustls_error(&e).map_or_else(|| e.to_string(), |r| r.to_string());
+            match failure::refused_identity(&e) {
+                Some(identity) => {
+                    tracing::warn!(listener = %listener.obs.name, peer = ?peer, identity, reason,
+                    "client certificate refused: identity not in the allow list")
+                }
+                None => {
+                    tracing::warn!(listener = %listener.obs.name, peer = ?peer, reason, error = %detail,
+                    "inbound TLS handshake failed")
+                }
+            }
+            None
+        }
+        Ok(Ok(s)) => {
+            listener
+                .obs
+                .metrics
+                .tls_handshakes
+                .get_or_create(&ListenerLabels {
+                    listener: listener.obs.name.to_string(),
+                })
+                .inc();
+            let xfcc = tls.xfcc(s.get_ref().1.peer_certificates());
+            Some((s, ConnInfo { xfcc }))
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    h2: bool,
+    conn: ConnInfo,
+    builder: &ConnBuilder,
+    listener: Arc<ListenerCtx>,
+    pools: Arc<Pools>,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new((listener, pools, conn));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(&ctx.0, &ctx.1, &ctx.2, req).await) }
+    });
+    if h2 {
+        let conn = builder.h2.serve_connection(io, svc);
+        with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = builder.h1.serve_connection(io, svc).with_upgrades();
+        with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
+    }
 }
 
 #[cfg(test)]

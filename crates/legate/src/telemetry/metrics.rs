@@ -131,8 +131,31 @@ pub struct HealthCheckLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabels {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub upstream: String,
+    pub result: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub tls_reloads: Family<NameLabels, Counter>,
+    pub tls_reload_failures: Family<NameLabels, Counter>,
+    pub tls_cert_expiry: Family<NameLabels, Gauge>,
+    pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
+    pub tls_handshakes: Family<ListenerLabels, Counter>,
+    pub oauth2_refreshes: Family<TokenLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RouteOnlyLabels, Counter>,
     pub rate_limited: Family<RequestRouteLabels, Counter>,
@@ -271,8 +294,50 @@ impl Metrics {
             "Active health checks, by result",
             health_checks.clone(),
         );
+        let tls_reloads = Family::<NameLabels, Counter>::default();
+        let tls_reload_failures = Family::<NameLabels, Counter>::default();
+        let tls_cert_expiry = Family::<NameLabels, Gauge>::default();
+        let tls_handshake_failures = Family::<TlsFailureLabels, Counter>::default();
+        let tls_handshakes = Family::<ListenerLabels, Counter>::default();
+        let oauth2_refreshes = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Certificate, key, CA or credential files reloaded after a change",
+            tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Reloads refused (bad new files); the previous material stays in use",
+            tls_reload_failures.clone(),
+        );
+        registry.register(
+            "tls_cert_expiry_timestamp_seconds",
+            "When the certificate legate presents expires (Unix time)",
+            tls_cert_expiry.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Inbound TLS handshakes that failed, by reason",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Inbound TLS handshakes completed",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "oauth2_token_refreshes",
+            "OAuth2 token requests, by result",
+            oauth2_refreshes.clone(),
+        );
         Self {
             registry,
+            tls_reloads,
+            tls_reload_failures,
+            tls_cert_expiry,
+            tls_handshake_failures,
+            tls_handshakes,
+            oauth2_refreshes,
             retries,
             retry_budget_exhausted,
             rate_limited,

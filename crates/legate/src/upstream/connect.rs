@@ -23,6 +23,8 @@ pub enum Sender {
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    #[cfg(feature = "legacy-tls")]
+    Openssl(Box<crate::tls::legacy::Stream>),
 }
 
 impl AsyncRead for Io {
@@ -34,6 +36,8 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -47,6 +51,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_write_vectored(
@@ -57,24 +63,32 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -100,6 +114,14 @@ async fn connect_tcp(up: &Upstream, ep: &Endpoint) -> Result<TcpStream, Upstream
     Ok(stream)
 }
 
+fn speaks_h2(protocol: UpstreamProtocol, alpn_h2: bool) -> bool {
+    match protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Auto => alpn_h2,
+    }
+}
+
 /// Connects (TCP, then TLS when configured) and says whether to speak HTTP/2 on it.
 pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamError> {
     let endpoint = ep.addr;
@@ -110,8 +132,8 @@ pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamEr
             .get(ep.target)
             .and_then(|t| t.server_name.clone()),
     ) {
-        (Some(tls), Some(name)) => {
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        (Some(super::TlsOrigin::Rustls(tls)), Some(name)) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config());
             let handshake = connector.connect(name, tcp);
             let stream = match tokio::time::timeout(up.connect_timeout, handshake).await {
                 Err(_) => {
@@ -120,16 +142,37 @@ pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamEr
                         timeout: up.connect_timeout,
                     })
                 }
-                Ok(Err(source)) => return Err(UpstreamError::Tls { endpoint, source }),
+                Ok(Err(source)) => return Err(UpstreamError::tls(endpoint, source)),
                 Ok(Ok(s)) => s,
             };
             let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let h2 = match up.protocol {
-                UpstreamProtocol::Http2 => true,
-                UpstreamProtocol::Http1 => false,
-                UpstreamProtocol::Auto => alpn_h2,
+            (Io::Tls(Box::new(stream)), speaks_h2(up.protocol, alpn_h2))
+        }
+        #[cfg(feature = "legacy-tls")]
+        (Some(super::TlsOrigin::Openssl(tls)), Some(name)) => {
+            let host = name.to_str();
+            let handshake = tls.connect(host.as_ref(), tcp);
+            let stream = match tokio::time::timeout(up.connect_timeout, handshake).await {
+                Err(_) => {
+                    return Err(UpstreamError::ConnectTimeout {
+                        endpoint,
+                        timeout: up.connect_timeout,
+                    })
+                }
+                Ok(Err((reason, detail))) => {
+                    return Err(UpstreamError::Tls {
+                        endpoint,
+                        reason,
+                        detail,
+                    })
+                }
+                Ok(Ok(s)) => s,
             };
-            (Io::Tls(Box::new(stream)), h2)
+            let alpn_h2 = stream.ssl().selected_alpn_protocol() == Some(b"h2");
+            (
+                Io::Openssl(Box::new(stream)),
+                speaks_h2(up.protocol, alpn_h2),
+            )
         }
         _ => (Io::Plain(tcp), up.protocol == UpstreamProtocol::Http2),
     };

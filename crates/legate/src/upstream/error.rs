@@ -20,6 +20,11 @@ pub enum UpstreamError {
     },
     #[error("upstream `{upstream}`: circuit open after repeated failures; failing fast")]
     CircuitOpen { upstream: UpstreamName },
+    #[error("upstream `{upstream}`: no credentials to send: {detail}")]
+    Credentials {
+        upstream: UpstreamName,
+        detail: String,
+    },
     #[error("upstream `{upstream}` did not answer within {timeout:?} (the route timeout)")]
     RouteTimeout {
         upstream: UpstreamName,
@@ -42,10 +47,12 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS handshake with {endpoint} failed: {source}")]
+    #[error("TLS with {endpoint} failed ({reason}): {detail}")]
     Tls {
         endpoint: SocketAddr,
-        source: std::io::Error,
+        /// `tls-unknown-ca`, `tls-hostname-mismatch`, … (see `tls::failure`).
+        reason: &'static str,
+        detail: String,
     },
     #[error("HTTP handshake with {endpoint} failed: {source}")]
     Handshake {
@@ -79,6 +86,9 @@ impl UpstreamError {
             UpstreamError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overflow"),
             UpstreamError::RequestBody { .. } => (StatusCode::BAD_REQUEST, "request-body-error"),
             UpstreamError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
+            UpstreamError::Credentials { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "credentials-unavailable")
+            }
             UpstreamError::TryTimeout { .. } | UpstreamError::RouteTimeout { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "timeout")
             }
@@ -87,7 +97,7 @@ impl UpstreamError {
                 (StatusCode::GATEWAY_TIMEOUT, "connect-timeout")
             }
             UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, "connect-failed"),
-            UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "tls-handshake"),
+            UpstreamError::Tls { reason, .. } => (StatusCode::BAD_GATEWAY, reason),
             UpstreamError::Handshake { .. } => (StatusCode::BAD_GATEWAY, "upstream-handshake"),
             UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
@@ -104,6 +114,7 @@ impl UpstreamError {
             | UpstreamError::Overflow { .. }
             | UpstreamError::CircuitOpen { .. }
             | UpstreamError::RouteTimeout { .. }
+            | UpstreamError::Credentials { .. }
             | UpstreamError::RequestBody { .. } => None,
             UpstreamError::TryTimeout { endpoint, .. } => Some(*endpoint),
             UpstreamError::ConnectRefused { endpoint }
@@ -139,12 +150,34 @@ impl UpstreamError {
             | UpstreamError::Overflow { .. }
             | UpstreamError::CircuitOpen { .. }
             | UpstreamError::RequestBody { .. }
+            | UpstreamError::Credentials { .. }
             | UpstreamError::UpgradeUnsupported { .. } => FailureKind::Local,
+        }
+    }
+
+    /// A failed TLS handshake.
+    pub fn tls(endpoint: SocketAddr, e: std::io::Error) -> Self {
+        UpstreamError::Tls {
+            endpoint,
+            reason: crate::tls::failure::reason(&e),
+            detail: match crate::tls::failure::rustls_error(&e) {
+                Some(r) => r.to_string(),
+                None => e.to_string(),
+            },
         }
     }
 
     /// Classifies an error from sending a request on an established connection.
     pub fn from_send(endpoint: SocketAddr, e: hyper::Error) -> Self {
+        // TLS 1.3 finishes the client's side of the handshake before the server has checked
+        // the client certificate: a refusal arrives as an alert on the first read.
+        if let Some(r) = rustls_cause(&e) {
+            return UpstreamError::Tls {
+                endpoint,
+                reason: crate::tls::failure::reason_of(r),
+                detail: r.to_string(),
+            };
+        }
         if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
             UpstreamError::Protocol {
                 endpoint,
@@ -162,6 +195,20 @@ impl UpstreamError {
             }
         }
     }
+}
+
+fn rustls_cause(e: &hyper::Error) -> Option<&rustls::Error> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return crate::tls::failure::rustls_error(io);
+        }
+        src = s.source();
+    }
+    None
 }
 
 fn is_io_reset(e: &hyper::Error) -> bool {

@@ -61,9 +61,13 @@ impl Endpoint {
     }
 }
 
+/// How an upstream's TLS is originated.
 #[derive(Debug)]
-pub struct TlsOrigin {
-    pub config: Arc<rustls::ClientConfig>,
+pub enum TlsOrigin {
+    Rustls(Arc<crate::tls::client::ClientTls>),
+    /// TLS 1.0/1.1 and OpenSSL cipher strings (`legacy-tls` feature).
+    #[cfg(feature = "legacy-tls")]
+    Openssl(Arc<crate::tls::legacy::LegacyTls>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,17 +95,69 @@ pub struct Upstream {
     pub breaker: Option<breaker::Breaker>,
     pub outlier: Option<outlier::OutlierPolicy>,
     pub health_check: Option<HealthCheckConfig>,
+    /// Credentials added to every request (basic auth, OAuth2).
+    pub auth: Option<crate::auth::UpstreamAuth>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("upstream `{upstream}`: {reason}")]
     Invalid { upstream: String, reason: String },
-    #[error("upstream `{upstream}`: cannot set up TLS: {source}")]
+    #[error("upstream `{upstream}`: tls: {source}")]
     Tls {
         upstream: String,
-        source: rustls::Error,
+        source: crate::tls::TlsError,
     },
+}
+
+fn build_auth(
+    cfg: &UpstreamConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<crate::auth::UpstreamAuth>, String> {
+    use crate::auth::{oauth2::TokenSource, secret_header, UpstreamAuth};
+    let Some(auth) = &cfg.auth else {
+        return Ok(None);
+    };
+    if let Some(b) = &auth.basic {
+        let h = secret_header::SecretHeader::new(
+            format!("upstream:{}:basic-auth", cfg.name),
+            http::header::AUTHORIZATION,
+            vec![b.username_file.clone(), b.password_file.clone()],
+            secret_header::Render::Basic,
+        )
+        .map_err(|e| format!("auth.basic: {e}"))?;
+        return Ok(Some(UpstreamAuth::Basic(Arc::new(h))));
+    }
+    if let Some(o) = &auth.oauth2 {
+        let t = TokenSource::new(&cfg.name, o, metrics.clone())
+            .map_err(|e| format!("auth.oauth2: {e}"))?;
+        return Ok(Some(UpstreamAuth::OAuth2(Arc::new(t))));
+    }
+    Ok(None)
+}
+
+fn origin(
+    upstream: &str,
+    settings: &crate::config::UpstreamTls,
+    alpn: &[&[u8]],
+) -> Result<TlsOrigin, crate::tls::TlsError> {
+    let name = format!("upstream:{upstream}");
+    if settings.needs_openssl() {
+        #[cfg(feature = "legacy-tls")]
+        return Ok(TlsOrigin::Openssl(Arc::new(
+            crate::tls::legacy::LegacyTls::new(name, settings, alpn)?,
+        )));
+        #[cfg(not(feature = "legacy-tls"))]
+        return Err(crate::tls::TlsError::LegacyNeedsFeature {
+            version: settings.min_version.map_or_else(
+                || "via OpenSSL (backend: openssl)".into(),
+                |v| v.to_string(),
+            ),
+        });
+    }
+    Ok(TlsOrigin::Rustls(Arc::new(
+        crate::tls::client::ClientTls::new(name, settings, alpn)?,
+    )))
 }
 
 impl Upstream {
@@ -158,11 +214,12 @@ impl Upstream {
                 UpstreamProtocol::Http2 => &[b"h2"],
                 UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
             };
-            let config = crate::tls::client_config(alpn).map_err(|source| BuildError::Tls {
+            let settings = cfg.tls.clone().unwrap_or_default();
+            let tls_err = |source| BuildError::Tls {
                 upstream: cfg.name.clone(),
                 source,
-            })?;
-            Some(TlsOrigin { config })
+            };
+            Some(origin(&cfg.name, &settings, alpn).map_err(tls_err)?)
         } else {
             None
         };
@@ -203,6 +260,7 @@ impl Upstream {
             }),
             outlier: outlier::OutlierPolicy::from_config(&cfg.outlier_detection),
             health_check: cfg.health_check.clone(),
+            auth: build_auth(cfg, &metrics).map_err(invalid)?,
             metrics,
         };
         // IP literals need no discovery: they are endpoints from the start.

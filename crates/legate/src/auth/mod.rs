@@ -1,0 +1,26 @@
+//! Credentials legate adds on the app's behalf: headers from files (tokens, API keys, basic
+//! auth) and OAuth2 client-credentials tokens. The app never holds a secret.
+
+pub mod oauth2;
+pub mod secret_header;
+
+use std::sync::Arc;
+
+/// An upstream's `auth:`.
+#[derive(Debug, Clone)]
+pub enum UpstreamAuth {
+    Basic(Arc<secret_header::SecretHeader>),
+    OAuth2(Arc<oauth2::TokenSource>),
+}
+
+impl UpstreamAuth {
+    /// Sets `Authorization` on a request to this upstream.
+    pub async fn apply(&self, headers: &mut http::HeaderMap) -> Result<(), String> {
+        let value = match self {
+            UpstreamAuth::Basic(h) => h.value(),
+            UpstreamAuth::OAuth2(t) => t.header().await?,
+        };
+        headers.insert(http::header::AUTHORIZATION, value);
+        Ok(())
+    }
+}
