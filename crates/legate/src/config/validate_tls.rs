@@ -289,8 +289,7 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
     for (i, l) in cfg.listeners.iter().enumerate() {
         if let Some(t) = &l.tls {
             let base = format!("listeners[{i}].tls");
-            let sessions = rustls::server::ServerSessionMemoryCache::new(1);
-            if let Err(e) = tls::server::build(t, &sessions) {
+            if let Err(e) = tls::server::build(t) {
                 let pkcs12 = t.pkcs12.as_ref();
                 tls_issue(
                     &mut out,

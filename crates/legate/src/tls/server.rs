@@ -22,7 +22,6 @@ pub struct ServerTls {
     /// `listener:<name>`, for logs and metrics.
     pub name: String,
     settings: ListenerTls,
-    sessions: Arc<ServerSessionMemoryCache>,
     current: ArcSwap<ServerConfig>,
     /// Our own URI SAN (SPIFFE ID), the `By=` of the forwarded client certificate.
     own_uri: ArcSwap<Option<String>>,
@@ -33,8 +32,7 @@ pub struct ServerTls {
 
 impl ServerTls {
     pub fn new(name: String, settings: &ListenerTls) -> Result<(Self, CertInfo), TlsError> {
-        let sessions = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let (config, leaf) = build(settings, &sessions)?;
+        let (config, leaf) = build(settings)?;
         let forward_client_cert = settings
             .forward_client_cert
             .as_deref()
@@ -48,7 +46,6 @@ impl ServerTls {
             Self {
                 name,
                 settings: settings.clone(),
-                sessions,
                 current: ArcSwap::from_pointee(config),
                 own_uri: ArcSwap::from_pointee(leaf.uri.first().cloned()),
                 leaf: ArcSwap::from_pointee(leaf.clone()),
@@ -64,7 +61,7 @@ impl ServerTls {
     }
 
     pub fn reload(&self) -> Result<CertInfo, TlsError> {
-        let (config, leaf) = build(&self.settings, &self.sessions)?;
+        let (config, leaf) = build(&self.settings)?;
         self.current.store(Arc::new(config));
         self.own_uri.store(Arc::new(leaf.uri.first().cloned()));
         self.leaf.store(Arc::new(leaf.clone()));
@@ -129,10 +126,10 @@ pub fn files(s: &ListenerTls) -> Result<Vec<PathBuf>, TlsError> {
     Ok(out)
 }
 
-pub fn build(
-    s: &ListenerTls,
-    sessions: &Arc<ServerSessionMemoryCache>,
-) -> Result<(ServerConfig, CertInfo), TlsError> {
+/// Builds the whole server config. Each build gets a fresh session cache: after a rotation
+/// every client does one full handshake and sees the new certificate (a rotation may be the
+/// answer to a compromised key, so old sessions must not outlive it).
+pub fn build(s: &ListenerTls) -> Result<(ServerConfig, CertInfo), TlsError> {
     let provider = super::provider(&s.cipher_suites)?;
     let versions = super::versions(s.min_version, s.max_version)?;
     let src = key_source(s).ok_or_else(|| {
@@ -170,6 +167,6 @@ pub fn build(
         Some(list) => list.iter().map(|p| p.as_bytes().to_vec()).collect(),
         None => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
     };
-    config.session_storage = sessions.clone();
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok((config, leaf))
 }
