@@ -81,15 +81,32 @@ async fn tls_listener_serves_curl_over_h1_and_h2_and_shows_its_certificate() {
     let url = format!("https://localhost:{}/hello", legate.addr.port());
     for (flag, version) in [("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2")] {
         let out = Command::new("curl")
-            .args(["-sS", flag, "--cacert", &p(d, "ca.pem"), "-w", "\n%{http_version}"])
-            .args(["--resolve", &format!("localhost:{}:127.0.0.1", legate.addr.port())])
+            .args([
+                "-sS",
+                flag,
+                "--cacert",
+                &p(d, "ca.pem"),
+                "-w",
+                "\n%{http_version}",
+            ])
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.1", legate.addr.port()),
+            ])
             .arg(&url)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "curl {flag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl {flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("\"uri\":\"/hello\""), "{text}");
-        assert!(text.ends_with(if version == "HTTP/2" { "2" } else { "1.1" }), "{flag}: {text}");
+        assert!(
+            text.ends_with(if version == "HTTP/2" { "2" } else { "1.1" }),
+            "{flag}: {text}"
+        );
     }
     // openssl s_client sees the server certificate legate loaded.
     let out = Command::new("sh")
@@ -102,12 +119,20 @@ async fn tls_listener_serves_curl_over_h1_and_h2_and_shows_its_certificate() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&s.server.serial), "serial {} in {text}", s.server.serial);
+    assert!(
+        text.contains(&s.server.serial),
+        "serial {} in {text}",
+        s.server.serial
+    );
     // A plain-HTTP client on the TLS port gets nowhere, and it is counted.
     let r = tokio::net::TcpStream::connect(legate.addr).await.unwrap();
     drop(r);
     assert_eq!(
-        metric(&legate.metrics(), "legate_tls_handshakes_total", &["listener=\"inbound\""]),
+        metric(
+            &legate.metrics(),
+            "legate_tls_handshakes_total",
+            &["listener=\"inbound\""]
+        ),
         Some(3.0)
     );
 }
@@ -147,7 +172,10 @@ async fn mtls_allow_list_forwarded_identity_and_every_refusal() {
         cfg(Some(&orders)),
         "localhost",
         "/who",
-        &[("x-forwarded-client-cert", "By=spiffe://evil;URI=spiffe://admin")],
+        &[(
+            "x-forwarded-client-cert",
+            "By=spiffe://evil;URI=spiffe://admin",
+        )],
     )
     .await
     .expect("allowed client gets through");
@@ -156,7 +184,10 @@ async fn mtls_allow_list_forwarded_identity_and_every_refusal() {
     assert_eq!(xfcc.as_array().map(|a| a.len()), Some(1), "{xfcc}");
     let xfcc = xfcc[0].as_str().unwrap();
     assert!(xfcc.contains(&format!("URI={ORDERS}")), "{xfcc}");
-    assert!(xfcc.contains("Hash=") && xfcc.contains("Subject=\"CN=orders\""), "{xfcc}");
+    assert!(
+        xfcc.contains("Hash=") && xfcc.contains("Subject=\"CN=orders\""),
+        "{xfcc}"
+    );
     assert!(!xfcc.contains("evil"), "{xfcc}");
 
     // Refused: a CA-signed certificate not on the allow list, no certificate, a foreign CA.
@@ -169,9 +200,17 @@ async fn mtls_allow_list_forwarded_identity_and_every_refusal() {
         assert!(r.is_err(), "{who} must be refused, got {r:?}");
     }
     let m = legate.metrics();
-    for reason in ["tls-peer-not-allowed", "tls-no-client-cert", "tls-unknown-ca"] {
+    for reason in [
+        "tls-peer-not-allowed",
+        "tls-no-client-cert",
+        "tls-unknown-ca",
+    ] {
         assert_eq!(
-            metric(&m, "legate_tls_handshake_failures_total", &[&format!("reason=\"{reason}\"")]),
+            metric(
+                &m,
+                "legate_tls_handshake_failures_total",
+                &[&format!("reason=\"{reason}\"")]
+            ),
             Some(1.0),
             "{reason}:\n{m}"
         );
@@ -180,12 +219,27 @@ async fn mtls_allow_list_forwarded_identity_and_every_refusal() {
 
     // curl with the allowed client certificate, as a user would test it.
     let out = Command::new("curl")
-        .args(["-sS", "--cacert", &p(d, "ca.pem"), "--cert", &p(d, "orders.pem"), "--key", &p(d, "orders.key")])
-        .args(["--resolve", &format!("localhost:{}:127.0.0.1", legate.addr.port())])
+        .args([
+            "-sS",
+            "--cacert",
+            &p(d, "ca.pem"),
+            "--cert",
+            &p(d, "orders.pem"),
+            "--key",
+            &p(d, "orders.key"),
+        ])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", legate.addr.port()),
+        ])
         .arg(format!("https://localhost:{}/curl", legate.addr.port()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(ORDERS));
 }
 
@@ -243,7 +297,10 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     // A keep-alive connection made before any rotation keeps working throughout.
     let tcp = tokio::net::TcpStream::connect(legate.addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-        .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
         .await
         .unwrap();
     let (mut kept, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
@@ -280,14 +337,26 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         let want = next.serial.clone();
         let mut seen = String::new();
         for _ in 0..400 {
-            let r = tls_client::get(legate.addr, cfg.clone(), "localhost", "/", &[]).await.unwrap();
+            let r = tls_client::get(legate.addr, cfg.clone(), "localhost", "/", &[])
+                .await
+                .unwrap();
             seen = r.server_serial;
             if seen == want {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        assert_eq!(seen, want, "new connections present the rotated certificate: {}", legate.metrics().lines().filter(|l| l.contains("tls")).collect::<Vec<_>>().join("\n"));
+        assert_eq!(
+            seen,
+            want,
+            "new connections present the rotated certificate: {}",
+            legate
+                .metrics()
+                .lines()
+                .filter(|l| l.contains("tls"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         serials.push(want);
         let r = kept
             .send_request(
@@ -305,11 +374,20 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         l.await.unwrap();
     }
     let failed = failed.lock().unwrap();
-    assert!(failed.is_empty(), "failed requests during rotation: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failed requests during rotation: {failed:?}"
+    );
     assert!(ok.load(Ordering::SeqCst) > 0);
     let m = legate.metrics();
     assert!(
-        metric(&m, "legate_tls_reloads_total", &["name=\"listener:inbound\""]).unwrap_or(0.0) >= 5.0,
+        metric(
+            &m,
+            "legate_tls_reloads_total",
+            &["name=\"listener:inbound\""]
+        )
+        .unwrap_or(0.0)
+            >= 5.0,
         "{m}"
     );
     assert_eq!(serials.len(), 6);
@@ -321,11 +399,17 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let cert_now = std::fs::read_to_string(mount_dir.join("tls.crt")).unwrap();
     mount.publish(&cert_now, &bad_key);
     wait_until_async("the bad update is counted", || {
-        metric(&legate.metrics(), "legate_tls_reload_failures_total", &["name=\"listener:inbound\""])
-            .unwrap_or(0.0)
+        metric(
+            &legate.metrics(),
+            "legate_tls_reload_failures_total",
+            &["name=\"listener:inbound\""],
+        )
+        .unwrap_or(0.0)
             >= 1.0
     })
     .await;
-    let r = tls_client::get(legate.addr, cfg.clone(), "localhost", "/", &[]).await.unwrap();
+    let r = tls_client::get(legate.addr, cfg.clone(), "localhost", "/", &[])
+        .await
+        .unwrap();
     assert_eq!((r.status, r.server_serial.as_str()), (200, last.as_str()));
 }

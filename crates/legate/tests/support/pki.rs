@@ -105,11 +105,17 @@ pub fn client<'a>(uris: &'a [&'a str], cn: &'a str) -> Leaf<'a> {
 }
 
 pub fn expired() -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
-    Some((rcgen::date_time_ymd(2000, 1, 1), rcgen::date_time_ymd(2001, 1, 1)))
+    Some((
+        rcgen::date_time_ymd(2000, 1, 1),
+        rcgen::date_time_ymd(2001, 1, 1),
+    ))
 }
 
 pub fn not_yet_valid() -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
-    Some((rcgen::date_time_ymd(2090, 1, 1), rcgen::date_time_ymd(2091, 1, 1)))
+    Some((
+        rcgen::date_time_ymd(2090, 1, 1),
+        rcgen::date_time_ymd(2091, 1, 1),
+    ))
 }
 
 impl Issued {

@@ -26,9 +26,10 @@ pub fn client_config(
         .with_root_certificates(roots);
     let mut cfg = match client {
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .map(|c| c.unwrap())
-                .collect();
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
             b.with_client_auth_cert(chain, key).unwrap()
         }
@@ -51,7 +52,8 @@ pub struct TlsReply {
 
 impl TlsReply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -96,18 +98,24 @@ pub async fn get(
     }
     let req = req.body(Empty::<Bytes>::new()).unwrap();
     let resp = if h2 {
-        let (mut tx, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("h2 handshake: {e}"))?;
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
         tokio::spawn(conn);
-        tx.send_request(req).await.map_err(|e| format!("request: {e}"))?
+        tx.send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?
     } else {
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("h1 handshake: {e}"))?;
         tokio::spawn(conn);
-        tx.send_request(req).await.map_err(|e| format!("request: {e}"))?
+        tx.send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?
     };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
