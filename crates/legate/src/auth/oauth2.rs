@@ -79,9 +79,14 @@ pub struct TokenSource {
     url: TokenUrl,
     tls: Option<Arc<rustls::ClientConfig>>,
     token: ArcSwap<Option<Token>>,
-    fetching: tokio::sync::Mutex<()>,
+    /// Held while fetching; remembers the last failure so a burst of requests without a token
+    /// does not turn into a burst of token requests.
+    fetching: tokio::sync::Mutex<Option<(Instant, String)>>,
     metrics: Arc<Metrics>,
 }
+
+/// After a failed token request, requests fail fast for this long instead of asking again.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,7 +129,7 @@ impl TokenSource {
             url,
             tls,
             token: ArcSwap::from_pointee(None),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: tokio::sync::Mutex::new(None),
             metrics,
         })
     }
@@ -134,12 +139,27 @@ impl TokenSource {
         if let Some(t) = self.valid(Instant::now()) {
             return Ok(t.header);
         }
-        let _one = self.fetching.lock().await;
+        let mut last_failure = self.fetching.lock().await;
         // Whoever held the lock may have fetched one meanwhile.
-        if let Some(t) = self.valid(Instant::now()) {
+        let now = Instant::now();
+        if let Some(t) = self.valid(now) {
             return Ok(t.header);
         }
-        self.fetch().await.map(|t| t.header)
+        if let Some((at, why)) = last_failure.as_ref() {
+            if now.duration_since(*at) < FAILURE_HOLD {
+                return Err(format!("the last token request failed: {why}"));
+            }
+        }
+        match self.fetch().await {
+            Ok(t) => {
+                *last_failure = None;
+                Ok(t.header)
+            }
+            Err(e) => {
+                *last_failure = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     fn valid(&self, now: Instant) -> Option<Token> {
@@ -163,11 +183,20 @@ impl TokenSource {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let result = {
-                let _one = self.fetching.lock().await;
+                let mut last_failure = self.fetching.lock().await;
                 // A request-driven fetch may have renewed it while this task slept.
                 match (**self.token.load()).as_ref() {
                     Some(t) if Instant::now() < t.refresh_at => Ok(()),
-                    _ => self.fetch().await.map(|_| ()),
+                    _ => match self.fetch().await {
+                        Ok(_) => {
+                            *last_failure = None;
+                            Ok(())
+                        }
+                        Err(e) => {
+                            *last_failure = Some((Instant::now(), e.clone()));
+                            Err(e)
+                        }
+                    },
                 }
             };
             match result {
