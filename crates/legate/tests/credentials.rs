@@ -54,20 +54,35 @@ upstreams:
         e = echo.addr
     ));
     let r = get(legate.addr, "/api/x").await;
-    assert_eq!(r.echoed("authorization").as_deref(), Some("Bearer first-token"));
+    assert_eq!(
+        r.echoed("authorization").as_deref(),
+        Some("Bearer first-token")
+    );
     let r = get(legate.addr, "/legacy").await;
     // base64("svc:p@ss:word")
-    assert_eq!(r.echoed("authorization").as_deref(), Some("Basic c3ZjOnBAc3M6d29yZA=="));
+    assert_eq!(
+        r.echoed("authorization").as_deref(),
+        Some("Basic c3ZjOnBAc3M6d29yZA==")
+    );
 
     // A new token file (written aside, renamed in) is used without a restart.
     let fresh = dir.write("token.new", "second-token");
     std::fs::rename(&fresh, &token).unwrap();
     wait_until_async("the new token is picked up", || {
-        metric(&legate.metrics(), "legate_tls_reloads_total", &["name=\"route:api:authorization\""]).unwrap_or(0.0) >= 1.0
+        metric(
+            &legate.metrics(),
+            "legate_tls_reloads_total",
+            &["name=\"route:api:authorization\""],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     })
     .await;
     let r = get(legate.addr, "/api/x").await;
-    assert_eq!(r.echoed("authorization").as_deref(), Some("Bearer second-token"));
+    assert_eq!(
+        r.echoed("authorization").as_deref(),
+        Some("Bearer second-token")
+    );
 
     // /config shows where secrets come from, never what they are.
     let admin = legate.admin.unwrap();
@@ -76,7 +91,10 @@ upstreams:
     assert!(cfg.contains("X-Client: demo"), "{cfg}");
     assert!(cfg.contains(&token.display().to_string()), "{cfg}");
     for secret in ["literal-secret-value", "second-token", "p@ss"] {
-        assert!(!cfg.contains(secret), "`{secret}` leaked into /config:\n{cfg}");
+        assert!(
+            !cfg.contains(secret),
+            "`{secret}` leaked into /config:\n{cfg}"
+        );
     }
 }
 
@@ -114,7 +132,9 @@ async fn token_endpoint(expires_in: u64, delay_ms: u64) -> TokenEndpoint {
                 return Response::builder()
                     .status(if ok_auth { 500 } else { 401 })
                     .header("content-type", "application/json")
-                    .body(full(r#"{"error":"server_error","error_description":"try later"}"#))
+                    .body(full(
+                        r#"{"error":"server_error","error_description":"try later"}"#,
+                    ))
                     .unwrap();
             }
             let n = i.fetch_add(1, Ordering::SeqCst) + 1;
@@ -134,7 +154,12 @@ async fn token_endpoint(expires_in: u64, delay_ms: u64) -> TokenEndpoint {
     }
 }
 
-fn oauth_config(dir: &TempDir, token: std::net::SocketAddr, api: std::net::SocketAddr, refresh_before: &str) -> String {
+fn oauth_config(
+    dir: &TempDir,
+    token: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+    refresh_before: &str,
+) -> String {
     let id = dir.write("client_id", "legate-client\n");
     let secret = dir.write("client_secret", "s3cr/t\n");
     format!(
@@ -178,7 +203,11 @@ async fn oauth2_single_flight_under_a_burst() {
         assert_eq!(r.status, 200);
         assert_eq!(r.echoed("authorization").as_deref(), Some("Bearer t1"));
     }
-    assert_eq!(tokens.issued.load(Ordering::SeqCst), 1, "one token request for the whole burst");
+    assert_eq!(
+        tokens.issued.load(Ordering::SeqCst),
+        1,
+        "one token request for the whole burst"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,13 +229,24 @@ async fn oauth2_refreshes_ahead_and_keeps_the_old_token_through_failures() {
 
     // The token endpoint breaks: the refresh fails, the current token is still sent...
     tokens.failing.store(true, Ordering::SeqCst);
-    let m = || metric(&legate.metrics(), "legate_oauth2_token_refreshes_total", &["result=\"error\""]).unwrap_or(0.0);
+    let m = || {
+        metric(
+            &legate.metrics(),
+            "legate_oauth2_token_refreshes_total",
+            &["result=\"error\""],
+        )
+        .unwrap_or(0.0)
+    };
     wait_until_async("a refresh fails", || m() >= 1.0).await;
     let r = get(legate.addr, "/").await;
     let sent = r.echoed("authorization");
     // ...until it expires; then requests fail fast instead of going out without credentials.
     if r.status == 200 {
-        assert_eq!(sent.as_deref(), Some("Bearer t2"), "the old token while it is valid");
+        assert_eq!(
+            sent.as_deref(),
+            Some("Bearer t2"),
+            "the old token while it is valid"
+        );
     }
     let expired = loop {
         let r = get(legate.addr, "/").await;
@@ -217,11 +257,20 @@ async fn oauth2_refreshes_ahead_and_keeps_the_old_token_through_failures() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert_eq!(expired.status, 503);
-    assert_eq!(expired.header("legate-error"), Some("credentials-unavailable"));
-    assert!(!String::from_utf8_lossy(&expired.body).contains("s3cr"), "no secret in error bodies");
+    assert_eq!(
+        expired.header("legate-error"),
+        Some("credentials-unavailable")
+    );
+    assert!(
+        !String::from_utf8_lossy(&expired.body).contains("s3cr"),
+        "no secret in error bodies"
+    );
     // The endpoint recovers: requests get a fresh token again.
     tokens.failing.store(false, Ordering::SeqCst);
-    wait_until_async("a new token after recovery", || tokens.issued.load(Ordering::SeqCst) >= 3).await;
+    wait_until_async("a new token after recovery", || {
+        tokens.issued.load(Ordering::SeqCst) >= 3
+    })
+    .await;
     let r = get(legate.addr, "/").await;
     assert_eq!(r.status, 200);
     assert!(r.echoed("authorization").unwrap().starts_with("Bearer t"));

@@ -373,7 +373,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     for l in load {
         l.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
+    let failed = failed.lock().unwrap().clone();
     assert!(
         failed.is_empty(),
         "failed requests during rotation: {failed:?}"

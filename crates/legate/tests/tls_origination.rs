@@ -284,7 +284,7 @@ fn bad_tls_files_are_config_errors_that_name_the_file() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{tls}: {err}");
         assert!(
-            err.contains(&format!("legate.yaml:8:"))
+            err.contains("legate.yaml:8:")
                 && err.contains(&format!("upstreams[0].tls.{field}: "))
                 && err.contains(want),
             "{tls}\nwant line 8, field {field}, `{want}`; got:\n{err}"
@@ -463,5 +463,29 @@ async fn client_certificate_rotation_reaches_the_upstream() {
         String::from_utf8_lossy(&r.body).contains("gateway-2"),
         "s_server saw the new client certificate:\n{}",
         String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// A default (rustls-only) build explains what a TLS 1.0 upstream needs.
+#[cfg(not(feature = "legacy-tls"))]
+#[test]
+fn legacy_versions_on_a_default_build_name_the_feature() {
+    let dir = TempDir::new("tls-out-legacy-check");
+    let file = dir.write(
+        "bank.yaml",
+        "listeners:\n  - name: app\n    listen: 127.0.0.1:0\n    routes: [ { name: r, upstream: bank } ]\nupstreams:\n  - name: bank\n    endpoints: [\"127.0.0.1:1\"]\n    tls:\n      min_version: \"1.0\"\n",
+    );
+    let out = Command::new(legate_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("bank.yaml:9:")
+            && err.contains("upstreams[0].tls.min_version")
+            && err.contains("--features legacy-tls"),
+        "{err}"
     );
 }
