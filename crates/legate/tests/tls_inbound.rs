@@ -70,6 +70,20 @@ async fn tls_listener_serves_curl_over_h1_and_h2_and_shows_its_certificate() {
     let s = setup("tls-in-basic");
     let echo = echo_upstream(Proto::H1).await;
     let d = s.dir.path();
+    // The served chain is leaf + intermediate; clients trust only the root.
+    let intermediate = s.ca.intermediate("legate test intermediate");
+    let leaf = intermediate.issue(pki::Leaf {
+        dns: &["localhost", "127.0.0.1"],
+        // Expires in three days: the expiry gauge and the warning must say so.
+        validity: Some((
+            time::OffsetDateTime::now_utc() - time::Duration::days(1),
+            time::OffsetDateTime::now_utc() + time::Duration::days(3),
+        )),
+        ..Default::default()
+    });
+    let chain = format!("{}{}", leaf.cert_pem, intermediate.pem());
+    std::fs::write(d.join("server.pem"), chain).unwrap();
+    std::fs::write(d.join("server.key"), &leaf.key_pem).unwrap();
     let legate = Legate::start(&listener_config(
         echo.addr,
         &format!(
@@ -120,21 +134,27 @@ async fn tls_listener_serves_curl_over_h1_and_h2_and_shows_its_certificate() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&s.server.serial),
+        text.contains(&leaf.serial),
         "serial {} in {text}",
-        s.server.serial
+        leaf.serial
     );
-    // A plain-HTTP client on the TLS port gets nowhere, and it is counted.
-    let r = tokio::net::TcpStream::connect(legate.addr).await.unwrap();
-    drop(r);
+    let m = legate.metrics();
     assert_eq!(
-        metric(
-            &legate.metrics(),
-            "legate_tls_handshakes_total",
-            &["listener=\"inbound\""]
-        ),
+        metric(&m, "legate_tls_handshakes_total", &["listener=\"inbound\""]),
         Some(3.0)
     );
+    let expiry = metric(
+        &m,
+        "legate_tls_cert_expiry_timestamp_seconds",
+        &["name=\"listener:inbound\""],
+    )
+    .expect("expiry gauge");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    let days = (expiry - now) / 86_400.0;
+    assert!((2.9..3.1).contains(&days), "expires in {days} days");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
