@@ -111,17 +111,7 @@ pub fn files(s: &UpstreamTls) -> Result<Vec<PathBuf>, TlsError> {
 
 /// Where the client certificate comes from, if there is one.
 pub fn key_source(s: &UpstreamTls) -> Option<KeySource> {
-    match (&s.client_cert, &s.client_key, &s.pkcs12) {
-        (Some(cert), Some(key), _) => Some(KeySource::Pem {
-            cert: cert.clone(),
-            key: key.clone(),
-        }),
-        (_, _, Some(p)) => Some(KeySource::Pkcs12 {
-            file: p.file.clone(),
-            password_file: p.password_file.clone(),
-        }),
-        _ => None,
-    }
+    KeySource::from_settings(&s.client_cert, &s.client_key, &s.pkcs12)
 }
 
 /// Builds the whole client config (and loads the client certificate, if any).

@@ -162,6 +162,26 @@ pub enum KeySource {
 }
 
 impl KeySource {
+    /// From the `cert`/`key` pair or the `pkcs12` setting of a `tls:` section (the pair wins;
+    /// validation rejects both at once).
+    pub fn from_settings(
+        cert: &Option<PathBuf>,
+        key: &Option<PathBuf>,
+        pkcs12: &Option<crate::config::Pkcs12>,
+    ) -> Option<Self> {
+        match (cert, key, pkcs12) {
+            (Some(cert), Some(key), _) => Some(KeySource::Pem {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (_, _, Some(p)) => Some(KeySource::Pkcs12 {
+                file: p.file.clone(),
+                password_file: p.password_file.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn files(&self) -> Vec<PathBuf> {
         match self {
             KeySource::Pem { cert, key } => vec![cert.clone(), key.clone()],

@@ -102,17 +102,7 @@ impl crate::reload::Reloadable for ServerTls {
 }
 
 pub fn key_source(s: &ListenerTls) -> Option<KeySource> {
-    match (&s.cert, &s.key, &s.pkcs12) {
-        (Some(cert), Some(key), _) => Some(KeySource::Pem {
-            cert: cert.clone(),
-            key: key.clone(),
-        }),
-        (_, _, Some(p)) => Some(KeySource::Pkcs12 {
-            file: p.file.clone(),
-            password_file: p.password_file.clone(),
-        }),
-        _ => None,
-    }
+    KeySource::from_settings(&s.cert, &s.key, &s.pkcs12)
 }
 
 pub fn files(s: &ListenerTls) -> Result<Vec<PathBuf>, TlsError> {
