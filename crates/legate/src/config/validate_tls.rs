@@ -232,9 +232,8 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
     let mut out = Vec::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
         let base = format!("upstreams[{i}].tls");
-        if let Some(t) = u.tls.as_ref().filter(|t| !t.needs_openssl()) {
-            let sessions = std::sync::Arc::new(rustls::client::ClientSessionMemoryCache::new(1));
-            if let Err(e) = tls::client::build(t, &[], &sessions) {
+        if let Some(t) = &u.tls {
+            if let Err(e) = load_upstream_tls(t) {
                 let pkcs12 = t.pkcs12.as_ref();
                 tls_issue(
                     &mut out,
@@ -319,6 +318,18 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
         }
     }
     out
+}
+
+/// Builds an upstream's TLS client as startup would (OpenSSL for legacy versions in a
+/// `legacy-tls` build; a default build has already said it cannot).
+fn load_upstream_tls(t: &UpstreamTls) -> Result<(), TlsError> {
+    if t.needs_openssl() {
+        #[cfg(feature = "legacy-tls")]
+        tls::legacy::LegacyTls::new("check".into(), t, &[])?;
+        return Ok(());
+    }
+    let sessions = std::sync::Arc::new(rustls::client::ClientSessionMemoryCache::new(1));
+    tls::client::build(t, &[], &sessions).map(|_| ())
 }
 
 fn secret(out: &mut Vec<Issue>, path: &str, file: &Path) {
