@@ -433,3 +433,84 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         .unwrap();
     assert_eq!((r.status, r.server_serial.as_str()), (200, last.as_str()));
 }
+
+/// The real binary: a server certificate from PKCS#12, a warning for a certificate about to
+/// expire, and SIGHUP reloading at once (the file watch is set to an hour here).
+#[test]
+fn pkcs12_listener_expiry_warning_and_sighup_reload() {
+    require_tool("openssl", "version");
+    let s = setup("tls-in-sighup");
+    let d = s.dir.path();
+    let soon = s.ca.issue(pki::Leaf {
+        dns: &["localhost"],
+        validity: Some((
+            time::OffsetDateTime::now_utc() - time::Duration::days(1),
+            time::OffsetDateTime::now_utc() + time::Duration::days(2),
+        )),
+        ..Default::default()
+    });
+    let (p12, pass) = soon.write_p12(d, "listener", "listener pass");
+    let port = proc::free_port();
+    let cfg = d.join("legate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "admin: {{ listen: off }}\nfiles: {{ watch_interval: 1h }}\nlisteners:\n  - name: inbound\n    listen: 127.0.0.1:{port}\n    tls: {{ pkcs12: {{ file: {}, password_file: {} }} }}\n    routes: [ {{ name: r, upstream: app }} ]\nupstreams:\n  - name: app\n    endpoints: [\"127.0.0.1:9\"]\n",
+            p12.display(),
+            pass.display()
+        ),
+    )
+    .unwrap();
+    let mut legate = proc::Proc::spawn(
+        "legate",
+        Command::new(proc::legate_bin())
+            .arg("run")
+            .arg("-c")
+            .arg(&cfg),
+    )
+    .unwrap();
+    let serial = |legate: &mut proc::Proc| {
+        legate.ensure_running();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial"
+            ))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.trim()
+            .strip_prefix("serial=")
+            .map(|s| s.trim_start_matches('0').to_string())
+            .ok_or(text)
+    };
+    let first = proc::wait_for(
+        "the listener answers",
+        std::time::Duration::from_secs(20),
+        || serial(&mut legate),
+    );
+    assert_eq!(first, soon.serial);
+    assert!(
+        legate
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains("certificate expires soon") && l.contains(&soon.serial)),
+        "a warning names the certificate that expires in 2 days:\n{}",
+        legate.stdout_lines().join("\n")
+    );
+
+    // New bundle in place; with an hour between checks only SIGHUP can make it take effect.
+    let next = s.ca.issue(pki::server(&["localhost"]));
+    let (staged, _) = next.write_p12(d, "staged", "listener pass");
+    std::fs::rename(staged, &p12).unwrap();
+    legate.signal("HUP");
+    let now = proc::wait_for("SIGHUP reload", std::time::Duration::from_secs(10), || {
+        let got = serial(&mut legate)?;
+        if got == next.serial {
+            Ok(got)
+        } else {
+            Err(got)
+        }
+    });
+    assert_eq!(now, next.serial);
+}
