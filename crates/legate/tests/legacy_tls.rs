@@ -88,6 +88,17 @@ upstreams:
     assert_eq!(r.status, 502);
     assert_eq!(r.header("legate-error"), Some("tls-version-mismatch"));
 
+    // Pins hold on the OpenSSL path too.
+    let pinned = Legate::start(&cfg(&format!(
+        "      min_version: \"1.0\"\n      pkcs12: {{ file: {}, password_file: {} }}\n      pin_spki_sha256: [\"{}=\"]",
+        p12.display(),
+        pass.display(),
+        "A".repeat(43)
+    )));
+    let r = get(pinned.addr, "/").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("legate-error"), Some("tls-pin-mismatch"));
+
     // The OpenSSL path verifies too: a wrong name is refused with its own reason.
     let wrong = Legate::start(
         &cfg("      min_version: \"1.0\"\n")

@@ -22,6 +22,7 @@ pub struct LegacyTls {
     pub name: String,
     settings: UpstreamTls,
     alpn: Vec<u8>,
+    pins: Vec<[u8; 32]>,
     connector: ArcSwap<SslConnector>,
     leaf: ArcSwap<Option<CertInfo>>,
 }
@@ -139,11 +140,13 @@ impl LegacyTls {
             wire.extend_from_slice(p);
         }
         let (connector, leaf) = build(s, &wire)?;
+        let pins = super::client::decode_pins(&s.pin_spki_sha256)?;
         tracing::info!(tls = %name, min_version = ?s.min_version.map(|v| v.as_str()), "TLS via OpenSSL (legacy-tls)");
         Ok(Self {
             name,
             settings: s.clone(),
             alpn: wire,
+            pins,
             connector: ArcSwap::from_pointee(connector),
             leaf: ArcSwap::from_pointee(leaf),
         })
@@ -165,7 +168,27 @@ impl LegacyTls {
             .map_err(|e| ("tls-handshake", e.to_string()))?;
         let mut stream = Stream::new(ssl, tcp).map_err(|e| ("tls-handshake", e.to_string()))?;
         match Pin::new(&mut stream).connect().await {
-            Ok(()) => Ok(stream),
+            Ok(()) if self.pins.is_empty() => Ok(stream),
+            Ok(()) => {
+                let spki = stream
+                    .ssl()
+                    .peer_certificate()
+                    .and_then(|c| c.public_key().ok())
+                    .and_then(|k| k.public_key_to_der().ok())
+                    .unwrap_or_default();
+                let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+                if self.pins.iter().any(|p| p.as_slice() == digest.as_ref()) {
+                    Ok(stream)
+                } else {
+                    Err((
+                        "tls-pin-mismatch",
+                        super::failure::PinMismatch {
+                            got: super::client::base64_encode(digest.as_ref()),
+                        }
+                        .to_string(),
+                    ))
+                }
+            }
             Err(e) => {
                 let v = stream.ssl().verify_result();
                 let reason = match v.as_raw() {
