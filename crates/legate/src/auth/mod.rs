@@ -14,6 +14,22 @@ pub enum UpstreamAuth {
 }
 
 impl UpstreamAuth {
+    /// Sets `Authorization` if no waiting is needed (basic auth, a valid cached token): the
+    /// common case, with no timer or future on the request path.
+    pub fn apply_now(&self, headers: &mut http::HeaderMap) -> bool {
+        let value = match self {
+            UpstreamAuth::Basic(h) => Some(h.value()),
+            UpstreamAuth::OAuth2(t) => t.cached(),
+        };
+        match value {
+            Some(v) => {
+                headers.insert(http::header::AUTHORIZATION, v);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sets `Authorization` on a request to this upstream.
     pub async fn apply(&self, headers: &mut http::HeaderMap) -> Result<(), String> {
         let value = match self {

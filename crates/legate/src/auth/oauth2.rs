@@ -162,6 +162,11 @@ impl TokenSource {
         }
     }
 
+    /// The current token's header, if one is valid now.
+    pub fn cached(&self) -> Option<HeaderValue> {
+        self.valid(Instant::now()).map(|t| t.header)
+    }
+
     fn valid(&self, now: Instant) -> Option<Token> {
         (**self.token.load())
             .as_ref()

@@ -70,7 +70,11 @@ pub async fn forward(
     };
     let up = &route.upstream;
     let mut parts = parts;
-    if let Some(auth) = &up.auth {
+    if let Some(auth) = up
+        .auth
+        .as_ref()
+        .filter(|a| !a.apply_now(&mut parts.headers))
+    {
         if let Err(detail) = deadline.bound(auth.apply(&mut parts.headers)).await? {
             return Err(UpstreamError::Credentials {
                 upstream: up.name.clone(),
