@@ -255,3 +255,45 @@ pub fn load_identity(src: &KeySource) -> Result<Identity, TlsError> {
         leaf,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn ca_directory_as_kubernetes_mounts_it() {
+        let dir = std::env::temp_dir().join(format!("legate-ca-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("..2026_11_26")).unwrap();
+        std::fs::write(dir.join("..2026_11_26/ca.crt"), ca_pem()).unwrap();
+        std::fs::write(dir.join("..2026_11_26/extra.crt"), ca_pem() + &ca_pem()).unwrap();
+        std::fs::write(dir.join("..2026_11_26/README"), "not a certificate").unwrap();
+        std::os::unix::fs::symlink("..2026_11_26", dir.join("..data")).unwrap();
+        for f in ["ca.crt", "extra.crt", "README"] {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+        }
+        let store = read_ca(&dir).unwrap();
+        assert_eq!(store.len(), 3, "hidden entries skipped, the README ignored");
+        assert_eq!(ca_files(&dir).unwrap().len(), 3);
+        // A single file without certificates is an error naming it.
+        let e = read_ca(&dir.join("README")).unwrap_err();
+        assert!(e.to_string().contains("README"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_lose_only_the_trailing_newline() {
+        let f = std::env::temp_dir().join(format!("legate-secret-{}", std::process::id()));
+        std::fs::write(&f, "  tok en \r\n\n").unwrap();
+        assert_eq!(read_secret(&f).unwrap(), "  tok en ");
+        std::fs::remove_file(&f).unwrap();
+        assert!(matches!(read_secret(&f), Err(TlsError::Read { .. })));
+    }
+}
