@@ -75,7 +75,11 @@ pub async fn forward(
         .as_ref()
         .filter(|a| !a.apply_now(&mut parts.headers))
     {
-        if let Err(detail) = deadline.bound(auth.apply(&mut parts.headers)).await? {
+        // Boxed: a token fetch is a large future that almost no request runs.
+        if let Err(detail) = deadline
+            .bound(Box::pin(auth.apply(&mut parts.headers)))
+            .await?
+        {
             return Err(UpstreamError::Credentials {
                 upstream: up.name.clone(),
                 detail,

@@ -178,7 +178,9 @@ pub async fn checkout(
             limit: "max_pending_requests",
         });
     };
-    let sender = connect::open(up, ep).await?;
+    // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a large future that most requests never
+    // run, and an inline one would make every request's future as large (moved per request).
+    let sender = Box::pin(connect::open(up, ep)).await?;
     if let Sender::H2(tx) = &sender {
         pools.put_h2(key, up.pool.idle_timeout, tx.clone());
     }
