@@ -158,9 +158,46 @@ impl Body for ReqBody {
     }
 }
 
+/// An upstream response body: hyper's, or legate's own HTTP/1.1 client's.
+pub enum UpBody {
+    Hyper(Incoming),
+    Fast(crate::upstream::h1::H1Body),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl UpBody {
+    fn is_end(&self) -> bool {
+        match self {
+            UpBody::Hyper(b) => b.is_end_stream(),
+            UpBody::Fast(b) => b.is_end(),
+        }
+    }
+
+    fn hint(&self) -> SizeHint {
+        match self {
+            UpBody::Hyper(b) => b.size_hint(),
+            UpBody::Fast(b) => b.size_hint(),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            UpBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            UpBody::Fast(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+}
+
+// The upstream variant is the common one; boxing it would cost an allocation per response.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Upstream {
-        inner: Incoming,
+        inner: UpBody,
         pool: Option<PoolReturn>,
     },
     Local(Option<Bytes>),
@@ -177,7 +214,7 @@ pub struct RespBody {
 }
 
 impl RespBody {
-    pub fn upstream(inner: Incoming, pool: Option<PoolReturn>, observe: Observe) -> Self {
+    pub fn upstream(inner: UpBody, pool: Option<PoolReturn>, observe: Observe) -> Self {
         let mut b = Self {
             kind: Kind::Upstream { inner, pool },
             observe: Some(observe),
@@ -201,7 +238,7 @@ impl RespBody {
 
     fn kind_is_end(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Upstream { inner, .. } => inner.is_end(),
             Kind::Local(d) => d.is_none(),
         }
     }
@@ -224,16 +261,16 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = match &mut this.kind {
             Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Upstream { inner, .. } => ready!(Pin::new(inner).poll_frame(cx)),
+            Kind::Upstream { inner, .. } => ready!(inner.poll(cx)),
         };
         match &frame {
             Some(Ok(f)) => {
@@ -260,7 +297,7 @@ impl Body for RespBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Upstream { inner, .. } => inner.hint(),
             Kind::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Kind::Local(None) => SizeHint::with_exact(0),
         }

@@ -7,14 +7,14 @@
 //!    connection: the keep-alive race, envoy#1979);
 //! 5. response header rules; the body streams back and is accounted for when it ends.
 
-use super::body::{ReqBody, RespBody};
+use super::body::{ReqBody, RespBody, UpBody};
 use super::headers::{is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::observe::{ListenerObs, Observe};
 use super::route::{HostPolicy, Route};
 use super::{request_id, upgrade};
 use crate::upstream::connect::Sender;
-use crate::upstream::pool::{self, PoolReturn, Pools};
+use crate::upstream::pool::{self, FastReturn, PoolReturn, Pools};
 use crate::upstream::{Endpoint, UpstreamError};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -219,7 +219,15 @@ fn set_target(req: &mut Request<ReqBody>, h2: bool, tls: bool) {
     *req.version_mut() = Version::HTTP_2;
 }
 
-pub(crate) type Forwarded = (Response<Incoming>, Option<PoolReturn>, SocketAddr);
+/// RFC 9110 §9.2.2: safe to send twice.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+pub(crate) type Forwarded = (Response<UpBody>, Option<PoolReturn>, SocketAddr);
 
 /// Sends on a pooled connection, or a fresh one. If the pooled connection turns out to be
 /// closed before the request was written, the request comes back untouched and goes out once
@@ -234,16 +242,42 @@ pub async fn send(
 ) -> Result<Forwarded, UpstreamError> {
     // An upgraded connection never returns to the pool, so don't take a warm one for it.
     let mut fresh = upgrade;
+    // legate's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies
+    // and upgrades go through hyper's.
+    let fast = !upgrade
+        && matches!(
+            req.body(),
+            ReqBody::Empty | ReqBody::Full { trailers: None, .. }
+        );
     loop {
-        let co = pool::checkout(pools, up, ep, fresh).await?;
+        let co = pool::checkout(pools, up, ep, fresh, fast).await?;
         let tls = up.tls.is_some();
         let result = match co.sender {
+            Sender::Fast(conn) => {
+                set_target(&mut req, false, tls);
+                let back = FastReturn::new(pools.clone(), up, ep.addr);
+                match conn.request(&req, back).await {
+                    Ok(resp) => return Ok((resp.map(UpBody::Fast), None, ep.addr)),
+                    // A reused connection that failed before anything came back: written or
+                    // not, an idempotent request (or one never fully written) may go again.
+                    Err(f)
+                        if co.reused
+                            && f.no_response
+                            && (f.while_writing || is_idempotent(req.method())) =>
+                    {
+                        tracing::debug!(endpoint = %ep.addr, error = %f.error, "pooled connection failed before answering; resending on a new connection");
+                        fresh = true;
+                        continue;
+                    }
+                    Err(f) => return Err(UpstreamError::from_h1(ep.addr, f.error)),
+                }
+            }
             Sender::H1(mut tx) => {
                 set_target(&mut req, false, tls);
                 match tx.try_send_request(req).await {
                     Ok(resp) => {
                         return Ok((
-                            resp,
+                            resp.map(UpBody::Hyper),
                             Some(PoolReturn::new(pools.clone(), up, ep.addr, tx)),
                             ep.addr,
                         ))
@@ -257,7 +291,7 @@ pub async fn send(
                 }
                 set_target(&mut req, true, tls);
                 match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, None, ep.addr)),
+                    Ok(resp) => return Ok((resp.map(UpBody::Hyper), None, ep.addr)),
                     Err(e) => e,
                 }
             }

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 pub enum Sender {
     H1(http1::SendRequest<ReqBody>),
     H2(http2::SendRequest<ReqBody>),
+    /// legate's own HTTP/1.1 client, driven in the request's task (see `h1`).
+    Fast(super::h1::H1Conn),
 }
 
 /// Plain TCP or TLS over TCP.
@@ -180,8 +182,9 @@ pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamEr
 }
 
 /// Opens a new connection to `ep` and performs the HTTP handshake. Counts against the
-/// upstream's `max_connections` for as long as the connection lives.
-pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError> {
+/// upstream's `max_connections` for as long as the connection lives. With `fast`, an
+/// HTTP/1.1 connection is returned for legate's own client instead of hyper's.
+pub async fn open(up: &Upstream, ep: &Endpoint, fast: bool) -> Result<Sender, UpstreamError> {
     let endpoint = ep.addr;
     let Some(permit) = up.limits.acquire(super::breaker::Limit::Connections) else {
         up.metrics
@@ -192,8 +195,19 @@ pub async fn open(up: &Upstream, ep: &Endpoint) -> Result<Sender, UpstreamError>
         });
     };
     let (io, h2) = dial(up, ep).await?;
-    let io = TokioIo::new(io);
     let metrics = ep.metrics.clone();
+    if fast && !h2 {
+        metrics.active.inc();
+        metrics.opened.inc();
+        return Ok(Sender::Fast(super::h1::H1Conn::new(
+            io,
+            super::h1::Guard {
+                active: metrics.active.clone(),
+                _permit: permit,
+            },
+        )));
+    }
+    let io = TokioIo::new(io);
     let sender = if h2 {
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

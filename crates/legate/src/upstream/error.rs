@@ -64,6 +64,16 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         source: hyper::Error,
     },
+    #[error("{endpoint} closed or reset the connection before answering: {detail}")]
+    Closed {
+        endpoint: SocketAddr,
+        detail: String,
+    },
+    #[error("{endpoint} sent a response that is not valid HTTP: {detail}")]
+    BadResponse {
+        endpoint: SocketAddr,
+        detail: String,
+    },
     #[error("{endpoint} sent a response that is not valid HTTP: {source}")]
     Protocol {
         endpoint: SocketAddr,
@@ -99,7 +109,12 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, "connect-failed"),
             UpstreamError::Tls { reason, .. } => (StatusCode::BAD_GATEWAY, reason),
             UpstreamError::Handshake { .. } => (StatusCode::BAD_GATEWAY, "upstream-handshake"),
-            UpstreamError::Reset { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+            UpstreamError::Reset { .. } | UpstreamError::Closed { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream-reset")
+            }
+            UpstreamError::BadResponse { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream-protocol-error")
+            }
             UpstreamError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
             UpstreamError::UpgradeUnsupported { .. } => {
                 (StatusCode::BAD_GATEWAY, "upgrade-unsupported")
@@ -123,6 +138,8 @@ impl UpstreamError {
             | UpstreamError::Tls { endpoint, .. }
             | UpstreamError::Handshake { endpoint, .. }
             | UpstreamError::Reset { endpoint, .. }
+            | UpstreamError::Closed { endpoint, .. }
+            | UpstreamError::BadResponse { endpoint, .. }
             | UpstreamError::Protocol { endpoint, .. }
             | UpstreamError::UpgradeUnsupported { endpoint }
             | UpstreamError::Request { endpoint, .. } => Some(*endpoint),
@@ -141,6 +158,8 @@ impl UpstreamError {
                 FailureKind::RefusedStream
             }
             UpstreamError::Reset { .. }
+            | UpstreamError::Closed { .. }
+            | UpstreamError::BadResponse { .. }
             | UpstreamError::Protocol { .. }
             | UpstreamError::Request { .. } => FailureKind::Reset,
             UpstreamError::TryTimeout { .. } | UpstreamError::RouteTimeout { .. } => {
@@ -164,6 +183,28 @@ impl UpstreamError {
                 Some(r) => r.to_string(),
                 None => e.to_string(),
             },
+        }
+    }
+
+    /// Classifies a failure of legate's own HTTP/1.1 client.
+    pub fn from_h1(endpoint: SocketAddr, e: super::h1::Error) -> Self {
+        match e {
+            super::h1::Error::Io(io) => match crate::tls::failure::rustls_error(&io) {
+                Some(r) => UpstreamError::Tls {
+                    endpoint,
+                    reason: crate::tls::failure::reason_of(r),
+                    detail: r.to_string(),
+                },
+                None => UpstreamError::Closed {
+                    endpoint,
+                    detail: io.to_string(),
+                },
+            },
+            super::h1::Error::Closed => UpstreamError::Closed {
+                endpoint,
+                detail: e.to_string(),
+            },
+            super::h1::Error::Protocol(detail) => UpstreamError::BadResponse { endpoint, detail },
         }
     }
 

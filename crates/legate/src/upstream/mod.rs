@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod connect;
 pub mod discovery;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod load;
 pub mod outlier;

@@ -5,6 +5,7 @@
 //! been read to its end (see `PoolReturn`); an HTTP/2 connection is shared by cloning its sender.
 
 use super::connect::{self, Sender};
+use super::h1::H1Conn;
 use super::{Endpoint, Upstream, UpstreamError};
 use crate::http::body::ReqBody;
 use hyper::client::conn::{http1, http2};
@@ -17,6 +18,7 @@ type Key = (usize, SocketAddr);
 #[derive(Default)]
 struct Idle {
     h1: Vec<(http1::SendRequest<ReqBody>, Instant)>,
+    fast: Vec<(H1Conn, Instant)>,
     h2: Option<http2::SendRequest<ReqBody>>,
     idle_timeout: Duration,
 }
@@ -79,8 +81,41 @@ impl PoolReturn {
     }
 }
 
+/// Hands one of legate's own HTTP/1.1 connections back once its response body has ended.
+pub struct FastReturn {
+    pools: Arc<Pools>,
+    key: Key,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl FastReturn {
+    pub fn new(pools: Arc<Pools>, up: &Upstream, addr: SocketAddr) -> Self {
+        Self {
+            pools,
+            key: (up.index, addr),
+            max_idle: up.pool.max_idle_per_endpoint,
+            idle_timeout: up.pool.idle_timeout,
+        }
+    }
+
+    pub fn give(self, conn: H1Conn) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.pools.idle.lock() else {
+            return;
+        };
+        let entry = entry(&mut idle, self.key);
+        entry.idle_timeout = self.idle_timeout;
+        if entry.fast.len() < self.max_idle {
+            entry.fast.push((conn, Instant::now()));
+        }
+    }
+}
+
 impl Pools {
-    fn take(&self, key: Key, idle_timeout: Duration) -> Option<Sender> {
+    fn take(&self, key: Key, idle_timeout: Duration, fast: bool) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let entry = idle.iter_mut().find(|(k, _)| *k == key).map(|(_, e)| e)?;
         if let Some(h2) = &entry.h2 {
@@ -90,6 +125,14 @@ impl Pools {
             entry.h2 = None;
         }
         let now = Instant::now();
+        if fast {
+            // LIFO: the most recently used connection is the most likely to be alive.
+            while let Some((mut conn, since)) = entry.fast.pop() {
+                if now.duration_since(since) < idle_timeout && conn.is_reusable() {
+                    return Some(Sender::Fast(conn));
+                }
+            }
+        }
         while let Some((tx, since)) = entry.h1.pop() {
             if !tx.is_closed() && now.duration_since(since) < idle_timeout {
                 return Some(Sender::H1(tx));
@@ -123,10 +166,14 @@ impl Pools {
                 e.h1.retain(|(tx, since)| {
                     !tx.is_closed() && now.duration_since(*since) < e.idle_timeout
                 });
+                let timeout = e.idle_timeout;
+                e.fast.retain_mut(|(conn, since)| {
+                    now.duration_since(*since) < timeout && conn.is_reusable()
+                });
                 if e.h2.as_ref().is_some_and(|h| h.is_closed()) {
                     e.h2 = None;
                 }
-                !e.h1.is_empty() || e.h2.is_some()
+                !e.h1.is_empty() || !e.fast.is_empty() || e.h2.is_some()
             });
         }
     }
@@ -138,17 +185,26 @@ pub struct Checkout {
     pub reused: bool,
 }
 
-/// A pooled connection if one is alive, otherwise a new one.
+/// A pooled connection if one is alive, otherwise a new one. `fast`: the request may use
+/// legate's own HTTP/1.1 client (no upgrade, body in memory).
 pub async fn checkout(
     pools: &Arc<Pools>,
     up: &Upstream,
     ep: &Endpoint,
     fresh: bool,
+    fast: bool,
 ) -> Result<Checkout, UpstreamError> {
     let key = (up.index, ep.addr);
     if !fresh {
-        while let Some(sender) = pools.take(key, up.pool.idle_timeout) {
+        while let Some(sender) = pools.take(key, up.pool.idle_timeout, fast) {
             match sender {
+                Sender::Fast(conn) => {
+                    ep.metrics.reused.inc();
+                    return Ok(Checkout {
+                        sender: Sender::Fast(conn),
+                        reused: true,
+                    });
+                }
                 Sender::H2(tx) => {
                     ep.metrics.reused.inc();
                     return Ok(Checkout {
@@ -180,7 +236,7 @@ pub async fn checkout(
     };
     // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a large future that most requests never
     // run, and an inline one would make every request's future as large (moved per request).
-    let sender = Box::pin(connect::open(up, ep)).await?;
+    let sender = Box::pin(connect::open(up, ep, fast)).await?;
     if let Sender::H2(tx) = &sender {
         pools.put_h2(key, up.pool.idle_timeout, tx.clone());
     }
