@@ -51,7 +51,8 @@ impl Head {
 }
 
 struct Replay {
-    head: Head,
+    /// Only when the request may be consumed by a try (see above).
+    head: Option<Head>,
     data: Bytes,
     trailers: Option<HeaderMap>,
 }
@@ -90,7 +91,7 @@ pub async fn forward(
         .retry
         .as_ref()
         .filter(|p| !upgrade && p.attempts > 1 && p.allows_method(&parts.method));
-    let mut first = None;
+    let mut first: Option<Request<ReqBody>>;
     let mut replay = None;
     match policy {
         None => first = Some(Request::from_parts(parts, body)),
@@ -108,12 +109,19 @@ pub async fn forward(
         } {
             Err(source) => return Err(UpstreamError::RequestBody { source }),
             Ok(Buffered::Whole { data, trailers }) => {
-                let head = Head {
-                    method: parts.method,
-                    uri: parts.uri,
+                // legate's own HTTP/1.1 client sends a request without consuming it, so the
+                // same request goes out again on a retry. hyper's client (HTTP/2, trailers)
+                // consumes it: only then is a copy of the head kept for the next try.
+                let head = (up.may_use_hyper() || trailers.is_some()).then(|| Head {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
                     version: parts.version,
-                    headers: parts.headers,
-                };
+                    headers: parts.headers.clone(),
+                });
+                first = Some(Request::from_parts(
+                    parts,
+                    ReqBody::replay(&data, &trailers),
+                ));
                 replay = Some(Replay {
                     head,
                     data,
@@ -135,10 +143,13 @@ pub async fn forward(
     let mut _retry_permit = None;
     loop {
         *attempts += 1;
-        let req = match (first.take(), &replay) {
+        let req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
             (Some(req), _) => req,
-            (None, Some(r)) => r.head.request(ReqBody::replay(&r.data, &r.trailers)),
-            // Unreachable: without a replayable body the loop returns after the first try.
+            (None, Some(head)) => {
+                let r = replay.as_ref().map(|r| (&r.data, &r.trailers));
+                head.request(r.map_or(ReqBody::Empty, |(d, t)| ReqBody::replay(d, t)))
+            }
+            // Unreachable: without a request to send again the loop returns after a try.
             (None, None) => {
                 return Err(UpstreamError::NoEndpoint {
                     upstream: up.name.clone(),
@@ -146,8 +157,9 @@ pub async fn forward(
                 })
             }
         };
-        let (result, outcome, endpoint) =
+        let (result, outcome, endpoint, unused) =
             attempt(pools, route, req, upgrade, &failed, &deadline).await;
+        first = unused;
         // The access log names the last endpoint tried, even if the route timeout ends the
         // request during a later wait.
         if endpoint.is_some() {
@@ -157,7 +169,8 @@ pub async fn forward(
             return result;
         }
         let Some(p) = policy else { return result };
-        if replay.is_none() || *attempts >= p.attempts {
+        let can_resend = first.is_some() || replay.as_ref().is_some_and(|r| r.head.is_some());
+        if replay.is_none() || !can_resend || *attempts >= p.attempts {
             return result;
         }
         let Some(reason) = p.condition(outcome) else {
@@ -223,33 +236,42 @@ async fn attempt(
     Result<Forwarded, UpstreamError>,
     Outcome,
     Option<SocketAddr>,
+    Option<Request<ReqBody>>,
 ) {
     let up = &route.upstream;
-    let local = |e: UpstreamError| {
+    // Refused before sending: the request is still ours to send again.
+    let local = |e: UpstreamError, req: Request<ReqBody>| {
         (
             Err(e),
             Outcome::Failed(crate::upstream::error::FailureKind::Local),
             None,
+            Some(req),
         )
     };
     let Some(_permit) = up.limits.acquire(Limit::Requests) else {
         up.metrics.overflowed(&up.name, Limit::Requests.name());
-        return local(UpstreamError::Overflow {
-            upstream: up.name.clone(),
-            limit: Limit::Requests.name(),
-        });
+        return local(
+            UpstreamError::Overflow {
+                upstream: up.name.clone(),
+                limit: Limit::Requests.name(),
+            },
+            req,
+        );
     };
     let ep = match balance::pick(up, avoid) {
         Ok(ep) => ep,
-        Err(e) => return local(e),
+        Err(e) => return local(e, req),
     };
     let admission = match &up.breaker {
         Some(b) => match b.admit() {
             Some(a) => Some(a),
             None => {
-                return local(UpstreamError::CircuitOpen {
-                    upstream: up.name.clone(),
-                })
+                return local(
+                    UpstreamError::CircuitOpen {
+                        upstream: up.name.clone(),
+                    },
+                    req,
+                )
             }
         },
         None => None,
@@ -270,16 +292,20 @@ async fn attempt(
         .filter(|t| started + *t < deadline.at);
     let until = per_try.map_or(deadline.at, |t| started + t);
     let inflight = ep.load.start();
-    let result = match tokio::time::timeout_at(until, send(pools, up, &ep, req, upgrade)).await {
-        Ok(r) => r,
-        Err(_) => Err(match per_try {
-            Some(timeout) => UpstreamError::TryTimeout {
-                endpoint: ep.addr,
-                timeout,
-            },
-            None => deadline.expired(),
-        }),
-    };
+    // The request stays here: a try that only borrows it (legate's own HTTP/1.1 client) leaves
+    // it for the next try, even when the per-try timeout drops the try.
+    let mut slot = Some(req);
+    let result =
+        match tokio::time::timeout_at(until, send(pools, up, &ep, &mut slot, upgrade)).await {
+            Ok(r) => r,
+            Err(_) => Err(match per_try {
+                Some(timeout) => UpstreamError::TryTimeout {
+                    endpoint: ep.addr,
+                    timeout,
+                },
+                None => deadline.expired(),
+            }),
+        };
     drop(inflight);
     let outcome = match &result {
         Ok((resp, ..)) => Outcome::Status(resp.status()),
@@ -287,7 +313,7 @@ async fn attempt(
     };
     let now = Instant::now();
     record(up, &ep, admission, outcome, now, now - started.into_std());
-    (result, outcome, Some(ep.addr))
+    (result, outcome, Some(ep.addr), slot)
 }
 
 /// Feeds one try's outcome to the balancer's latency estimate, outlier detection and breaker.

@@ -237,7 +237,7 @@ pub async fn send(
     pools: &Arc<Pools>,
     up: &crate::upstream::Upstream,
     ep: &Arc<Endpoint>,
-    mut req: Request<ReqBody>,
+    slot: &mut Option<Request<ReqBody>>,
     upgrade: bool,
 ) -> Result<Forwarded, UpstreamError> {
     // An upgraded connection never returns to the pool, so don't take a warm one for it.
@@ -245,18 +245,26 @@ pub async fn send(
     // legate's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies
     // and upgrades go through hyper's.
     let fast = !upgrade
-        && matches!(
-            req.body(),
-            ReqBody::Empty | ReqBody::Full { trailers: None, .. }
-        );
+        && slot.as_ref().is_some_and(|r| {
+            matches!(
+                r.body(),
+                ReqBody::Empty | ReqBody::Full { trailers: None, .. }
+            )
+        });
     loop {
         let co = pool::checkout(pools, up, ep, fresh, fast).await?;
         let tls = up.tls.is_some();
+        let Some(req) = slot.as_mut() else {
+            return Err(UpstreamError::NoEndpoint {
+                upstream: up.name.clone(),
+                targets: "(request already sent)".into(),
+            });
+        };
         let result = match co.sender {
             Sender::Fast(conn) => {
-                set_target(&mut req, false, tls);
+                set_target(req, false, tls);
                 let back = FastReturn::new(pools.clone(), up, ep.addr);
-                match conn.request(&req, back).await {
+                match conn.request(req, back).await {
                     Ok(resp) => return Ok((resp.map(UpBody::Fast), None, ep.addr)),
                     // A reused connection that failed before anything came back: written or
                     // not, an idempotent request (or one never fully written) may go again.
@@ -273,7 +281,8 @@ pub async fn send(
                 }
             }
             Sender::H1(mut tx) => {
-                set_target(&mut req, false, tls);
+                set_target(req, false, tls);
+                let Some(req) = slot.take() else { continue };
                 match tx.try_send_request(req).await {
                     Ok(resp) => {
                         return Ok((
@@ -289,7 +298,8 @@ pub async fn send(
                 if upgrade {
                     return Err(UpstreamError::UpgradeUnsupported { endpoint: ep.addr });
                 }
-                set_target(&mut req, true, tls);
+                set_target(req, true, tls);
+                let Some(req) = slot.take() else { continue };
                 match tx.try_send_request(req).await {
                     Ok(resp) => return Ok((resp.map(UpBody::Hyper), None, ep.addr)),
                     Err(e) => e,
@@ -300,7 +310,7 @@ pub async fn send(
         match err.take_message() {
             Some(unsent) if co.reused => {
                 tracing::debug!(endpoint = %ep.addr, "pooled connection was closed before the request was written; resending on a new connection");
-                req = unsent;
+                *slot = Some(unsent);
                 fresh = true;
             }
             _ => return Err(UpstreamError::from_send(ep.addr, err.into_error())),

@@ -162,6 +162,13 @@ fn origin(
 }
 
 impl Upstream {
+    /// Whether a request to this upstream may go through hyper's client, which consumes it:
+    /// HTTP/2 configured, or TLS where ALPN may choose it.
+    pub fn may_use_hyper(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http2
+            || (self.protocol == UpstreamProtocol::Auto && self.tls.is_some())
+    }
+
     pub fn build(
         index: usize,
         cfg: &UpstreamConfig,
