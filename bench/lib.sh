@@ -1,5 +1,6 @@
 # bench/lib.sh - process and port helpers shared by the benchmark scripts (sourced).
-# Needs /proc (Linux). The sourcing script defines its own cleanup and temp dir.
+# Needs /proc (Linux). `cleanup` and `nginx_common` use the sourcing script's globals
+# (`pids`, `work`, `KEEP_TMP`); each script sets its own EXIT trap.
 
 # alive PID: true if PID exists and is not a zombie.
 alive() {
@@ -79,4 +80,70 @@ pick_port() {
         return 0
     done
     die "could not find a free port"
+}
+
+# cpu_ticks PID...: summed utime+stime (clock ticks) of the given processes.
+cpu_ticks() {
+    local total=0 p line
+    local -a f
+    for p in "$@"; do
+        { read -r line <"/proc/$p/stat"; } 2>/dev/null || continue
+        read -r -a f <<<"${line##*) }"
+        # f[0] is field 3 (state); utime/stime are fields 14/15.
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# foreign_ticks: CPU ticks (utime+stime+cutime+cstime) of every process that
+# is not this script or one of its descendants. Counting the reaped-children
+# times too means short-lived processes (compilers, test binaries) show up in
+# a surviving ancestor. The delta over a window is CPU used by others.
+foreign_ticks() {
+    local -A ours=()
+    local p f line total=0
+    local -a fl
+    for p in $(tree_pids $$); do
+        ours[$p]=1
+    done
+    for f in /proc/[0-9]*/stat; do
+        { read -r line <"$f"; } 2>/dev/null || continue
+        p=${line%% *}
+        [[ -n ${ours[$p]:-} ]] && continue
+        read -r -a fl <<<"${line##*) }"
+        total=$((total + fl[11] + fl[12] + fl[13] + fl[14]))
+    done
+    echo "$total"
+}
+
+# nginx_common DIR: directives every nginx instance needs to stay in DIR.
+nginx_common() {
+    local dir=$1 m
+    echo "pid $dir/nginx.pid;"
+    echo "error_log $dir/error.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "    access_log off;"
+    echo "    keepalive_requests 1000000;"
+    echo "    keepalive_timeout 75s;"
+    echo "    client_body_temp_path $dir/client_body;"
+    for m in proxy fastcgi uwsgi scgi; do
+        if [[ $nginx_modules != *"--without-http_${m}_module"* ]]; then
+            echo "    ${m}_temp_path $dir/${m}_temp;"
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in ${pids[@]+"${pids[@]}"}; do
+        stop_tree "$p"
+    done
+    if [[ $KEEP_TMP == 1 ]]; then
+        log "temp dir kept: $work"
+    else
+        rm -rf -- "$work"
+    fi
+    exit "$rc"
 }

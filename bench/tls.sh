@@ -107,19 +107,6 @@ pids=()
 
 
 
-cleanup() {
-    local rc=$? p
-    trap - EXIT INT TERM
-    for p in ${pids[@]+"${pids[@]}"}; do
-        stop_tree "$p"
-    done
-    if [[ $KEEP_TMP == 1 ]]; then
-        log "temp dir kept: $work"
-    else
-        rm -rf -- "$work"
-    fi
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -138,38 +125,7 @@ fetch() {
     printf '%s %s' "${out##*$'\n'}" "$(printf '%s' "${out%$'\n'*}" | tr -d '\r\n')"
 }
 
-# cpu_ticks PID...: summed utime+stime (clock ticks) of the given processes.
-cpu_ticks() {
-    local total=0 p line
-    local -a f
-    for p in "$@"; do
-        { read -r line <"/proc/$p/stat"; } 2>/dev/null || continue
-        read -r -a f <<<"${line##*) }"
-        # f[0] is field 3 (state); utime/stime are fields 14/15.
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
 
-# foreign_ticks: CPU ticks (utime+stime+cutime+cstime) of every process that
-# is not this script or one of its descendants. The delta over a window is
-# CPU used by others (e.g. a concurrent cargo build).
-foreign_ticks() {
-    local -A ours=()
-    local p f line total=0
-    local -a fl
-    for p in $(tree_pids $$); do
-        ours[$p]=1
-    done
-    for f in /proc/[0-9]*/stat; do
-        { read -r line <"$f"; } 2>/dev/null || continue
-        p=${line%% *}
-        [[ -n ${ours[$p]:-} ]] && continue
-        read -r -a fl <<<"${line##*) }"
-        total=$((total + fl[11] + fl[12] + fl[13] + fl[14]))
-    done
-    echo "$total"
-}
 
 now() { date +%s.%N; }
 
@@ -249,23 +205,6 @@ if command -v haproxy >/dev/null 2>&1; then
 fi
 openssl_version=$(openssl version 2>/dev/null | awk '{ print $2 }')
 
-# nginx_common DIR: directives every nginx instance needs to stay in DIR.
-nginx_common() {
-    local dir=$1 m
-    echo "pid $dir/nginx.pid;"
-    echo "error_log $dir/error.log warn;"
-    echo "events { worker_connections 4096; }"
-    echo "http {"
-    echo "    access_log off;"
-    echo "    keepalive_requests 1000000;"
-    echo "    keepalive_timeout 75s;"
-    echo "    client_body_temp_path $dir/client_body;"
-    for m in proxy fastcgi uwsgi scgi; do
-        if [[ $nginx_modules != *"--without-http_${m}_module"* ]]; then
-            echo "    ${m}_temp_path $dir/${m}_temp;"
-        fi
-    done
-}
 
 # start_nginx_instance NAME CPU CONFIG_BODY -> $launched (after `nginx -t`).
 start_nginx_instance() {

@@ -198,6 +198,17 @@ pub fn listener_tls(out: &mut Vec<Issue>, base: &str, t: &ListenerTls) {
     }
 }
 
+/// The two files of a `pkcs12:` setting, password first (its path may share a prefix).
+fn pkcs12_fields(p: Option<&super::Pkcs12>) -> [(&'static str, Option<&Path>); 2] {
+    [
+        (
+            "pkcs12.password_file",
+            p.and_then(|p| p.password_file.as_deref()),
+        ),
+        ("pkcs12.file", p.map(|p| p.file.as_path())),
+    ]
+}
+
 /// The config field that names `file`, for an error about it.
 fn field_for(file: &Path, fields: &[(&str, Option<&Path>)]) -> Option<String> {
     fields
@@ -234,7 +245,6 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
         let base = format!("upstreams[{i}].tls");
         if let Some(t) = &u.tls {
             if let Err(e) = load_upstream_tls(t) {
-                let pkcs12 = t.pkcs12.as_ref();
                 tls_issue(
                     &mut out,
                     &base,
@@ -243,12 +253,10 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
                         ("ca", t.ca.as_deref()),
                         ("client_cert", t.client_cert.as_deref()),
                         ("client_key", t.client_key.as_deref()),
-                        (
-                            "pkcs12.password_file",
-                            pkcs12.and_then(|p| p.password_file.as_deref()),
-                        ),
-                        ("pkcs12.file", pkcs12.map(|p| p.file.as_path())),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(pkcs12_fields(t.pkcs12.as_ref()))
+                    .collect::<Vec<_>>(),
                 );
             }
         }
@@ -289,7 +297,6 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
         if let Some(t) = &l.tls {
             let base = format!("listeners[{i}].tls");
             if let Err(e) = tls::server::build(t) {
-                let pkcs12 = t.pkcs12.as_ref();
                 tls_issue(
                     &mut out,
                     &base,
@@ -298,12 +305,10 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
                         ("cert", t.cert.as_deref()),
                         ("key", t.key.as_deref()),
                         ("client_ca", t.client_ca.as_deref()),
-                        (
-                            "pkcs12.password_file",
-                            pkcs12.and_then(|p| p.password_file.as_deref()),
-                        ),
-                        ("pkcs12.file", pkcs12.map(|p| p.file.as_path())),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(pkcs12_fields(t.pkcs12.as_ref()))
+                    .collect::<Vec<_>>(),
                 );
             }
         }

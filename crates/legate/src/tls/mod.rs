@@ -143,18 +143,6 @@ pub fn system_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
-/// A client config that verifies against the system roots and offers `alpn` (health checks
-/// and token endpoints without their own settings).
-pub fn client_config(alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(system_roots())
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(cfg))
-}
-
 /// `2026-11-26T06:15:51Z` for a Unix time, without a date library.
 pub fn format_unix(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

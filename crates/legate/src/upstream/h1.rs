@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = 100;
 const MAX_LINE: usize = 8 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -201,30 +201,24 @@ impl H1Conn {
         } else {
             Version::HTTP_11
         };
-        // Header bytes are shared with one frozen copy of the head, not copied one by one.
-        let raw: Vec<(usize, usize, usize, usize)> = {
-            let base = self.buf.as_ptr() as usize;
-            r.headers
-                .iter()
-                .map(|h| {
-                    let n = h.name.as_ptr() as usize - base;
-                    let v = h.value.as_ptr() as usize - base;
-                    (n, h.name.len(), v, h.value.len())
-                })
-                .collect()
-        };
-        let head = self.buf.split_to(len).freeze();
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            self.buf.advance(len);
             return Ok(Some(Parsed::Informational));
         }
-        let mut headers = HeaderMap::with_capacity(raw.len());
-        for (n, nl, v, vl) in raw {
-            let name = HeaderName::from_bytes(&head[n..n + nl])
+        // One copy of the head; every header value is a slice of it, not an allocation of its
+        // own.
+        let head = Bytes::copy_from_slice(&self.buf[..len]);
+        let base = self.buf.as_ptr() as usize;
+        let mut headers = HeaderMap::with_capacity(r.headers.len());
+        for h in r.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| Error::Protocol("invalid header name".into()))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            let at = h.value.as_ptr() as usize - base;
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
                 .map_err(|_| Error::Protocol(format!("invalid value for `{name}`")))?;
             headers.append(name, value);
         }
+        self.buf.advance(len);
         let (framing, close_delimited) = framing(head_request, status, &headers)?;
         let keep_alive = !close_delimited && wants_keep_alive(version, &headers);
         let mut resp = Response::new(());
@@ -319,9 +313,9 @@ fn encode(req: &Request<crate::http::body::ReqBody>) -> Vec<u8> {
     // A body, or a method whose request normally carries one, gets its length.
     let payload_method = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || payload_method {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
