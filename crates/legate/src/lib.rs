@@ -1,7 +1,8 @@
-//! legate: an ambassador sidecar proxy. The application talks plain HTTP to localhost; legate
+//! legate: an ambassador sidecar proxy. The application talks plain HTTP or TCP to localhost; legate
 //! owns everything about reaching the real service.
 //!
 //! The modules follow the data flow: `listen` accepts, `http` serves and forwards a request,
+//! `tcp` carries a connection (and speaks PostgreSQL's startup where asked),
 //! `upstream` picks an endpoint and a pooled connection, `telemetry` records what happened,
 //! `lifecycle` starts and drains the whole thing, `admin` reports on it.
 
@@ -14,6 +15,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod reload;
 pub mod server;
+pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

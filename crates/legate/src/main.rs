@@ -43,6 +43,9 @@ enum Command {
     },
     /// Quick mode: proxy one local port to one upstream, no file needed.
     Http(Box<HttpArgs>),
+    /// Quick mode for TCP: carry one local port or Unix socket to one upstream (a database
+    /// tunnel), no file needed.
+    Tcp(Box<TcpArgs>),
     /// The embedded demo: a flaky upstream, legate in front, and the naive client.
     Demo(legate::demo::DemoArgs),
 }
@@ -93,18 +96,121 @@ struct HttpArgs {
     print_config: bool,
 }
 
-fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
-    let listen = ListenAddr::parse(&a.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
-    let admin = if a.admin == "off" {
+#[derive(Args)]
+struct TcpArgs {
+    /// Local address (loopback unless an IP is given) or `unix:/path/to/socket`.
+    #[arg(long, default_value = "127.0.0.1:5432")]
+    listen: String,
+    /// Upstream HOST:PORT; repeat for more endpoints of the same service.
+    #[arg(long = "upstream", required = true)]
+    upstreams: Vec<String>,
+    /// Speak TLS to the upstream from the first byte.
+    #[arg(long)]
+    tls: bool,
+    /// `postgres`: PostgreSQL's SSLRequest, then TLS (implies --tls); `direct`: plain TLS.
+    #[arg(long, value_name = "MODE")]
+    tls_mode: Option<String>,
+    /// CA bundle (PEM file or directory) to verify the upstream; default: system roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; needs --key.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Client certificate and key in one PKCS#12 file.
+    #[arg(long, value_name = "FILE")]
+    pkcs12: Option<PathBuf>,
+    /// File holding the --pkcs12 password.
+    #[arg(long, value_name = "FILE", requires = "pkcs12")]
+    pkcs12_password_file: Option<PathBuf>,
+    /// Name to send as SNI and verify the upstream certificate against.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Admin address, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Connection log: `json` or `off`.
+    #[arg(long, default_value = "json")]
+    access_log: String,
+    /// Worker threads (default: the CPUs this container may use).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Print the equivalent YAML config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn admin_flag(admin: &str) -> anyhow::Result<AdminListen> {
+    Ok(if admin == "off" {
         AdminListen::Off
     } else {
-        AdminListen::Addr(ListenAddr::parse(&a.admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?)
-    };
-    let access_log = match a.access_log.as_str() {
-        "json" => AccessLogMode::Json,
-        "off" => AccessLogMode::Off,
+        AdminListen::Addr(ListenAddr::parse(admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?)
+    })
+}
+
+fn access_log_flag(v: &str) -> anyhow::Result<AccessLogMode> {
+    match v {
+        "json" => Ok(AccessLogMode::Json),
+        "off" => Ok(AccessLogMode::Off),
         other => anyhow::bail!("--access-log: `{other}` is not `json` or `off`"),
+    }
+}
+
+/// Validates a quick-mode config the way `legate check` would, files included.
+fn checked(cfg: config::Config) -> anyhow::Result<config::Config> {
+    let mut issues = config::validate::validate(&cfg);
+    if issues.is_empty() {
+        issues = config::validate_tls::files(&cfg);
+    }
+    if let Some(first) = issues.first() {
+        anyhow::bail!("{}: {}", first.path, first.message);
+    }
+    Ok(cfg)
+}
+
+fn quick_tcp_config(a: &TcpArgs) -> anyhow::Result<config::Config> {
+    let listen = config::ListenOn::parse(&a.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let mode = match a.tls_mode.as_deref() {
+        None | Some("direct") => config::TlsMode::Direct,
+        Some("postgres") => config::TlsMode::Postgres,
+        Some(other) => anyhow::bail!("--tls-mode: `{other}` is not `direct` or `postgres`"),
     };
+    let settings = config::UpstreamTls {
+        server_name: a.server_name.clone(),
+        ca: a.ca.clone(),
+        client_cert: a.cert.clone(),
+        client_key: a.key.clone(),
+        pkcs12: a.pkcs12.clone().map(|file| config::Pkcs12 {
+            file,
+            password_file: a.pkcs12_password_file.clone(),
+        }),
+        mode,
+        ..Default::default()
+    };
+    let tls = if a.tls || a.tls_mode.is_some() {
+        Some(settings)
+    } else if settings != config::UpstreamTls::default() {
+        anyhow::bail!("--ca, --cert, --key, --pkcs12 and --server-name need --tls or --tls-mode");
+    } else {
+        None
+    };
+    let cfg = quick::build_tcp(&quick::QuickTcp {
+        listen,
+        upstreams: a.upstreams.clone(),
+        tls,
+        admin: admin_flag(&a.admin)?,
+        access_log: access_log_flag(&a.access_log)?,
+        workers: a.workers,
+    })?;
+    checked(cfg)
+}
+
+fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
+    let listen = ListenAddr::parse(&a.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let admin = admin_flag(&a.admin)?;
+    let access_log = access_log_flag(&a.access_log)?;
     let set_headers = a
         .set_headers
         .iter()
@@ -143,14 +249,7 @@ fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
             ..Default::default()
         },
     })?;
-    let mut issues = config::validate::validate(&cfg);
-    if issues.is_empty() {
-        issues = config::validate_tls::files(&cfg);
-    }
-    if let Some(first) = issues.first() {
-        anyhow::bail!("{}: {}", first.path, first.message);
-    }
-    Ok(cfg)
+    checked(cfg)
 }
 
 fn run(cfg: config::Config) -> anyhow::Result<()> {
@@ -197,6 +296,17 @@ fn main() -> ExitCode {
             };
         }
         Command::Http(args) => match quick_config(&args) {
+            Ok(cfg) if args.print_config => {
+                print!("{}", config::to_yaml(&cfg));
+                return ExitCode::SUCCESS;
+            }
+            Ok(cfg) => {
+                legate::telemetry::logging::init(cli.log_level.as_deref());
+                run(cfg)
+            }
+            Err(e) => Err(e),
+        },
+        Command::Tcp(args) => match quick_tcp_config(&args) {
             Ok(cfg) if args.print_config => {
                 print!("{}", config::to_yaml(&cfg));
                 return ExitCode::SUCCESS;

@@ -3,13 +3,14 @@
 //! signals), and drain on shutdown.
 
 use crate::admin::{self, Admin};
-use crate::config::{self, AdminListen, Config};
+use crate::auth::postgres::PostgresCredentials;
+use crate::config::{self, AdminListen, Config, ListenOn, ListenerProtocol};
 use crate::http::observe::ListenerObs;
 use crate::http::proxy::ListenerCtx;
 use crate::http::route::{Route, RouteError};
 use crate::http::server as http_server;
 use crate::lifecycle::{self, State};
-use crate::listen::{self, BindError};
+use crate::listen::{self, Accepting, BindError, Bound, ConnLimit, ConnTracker, Service};
 use crate::reload::{self, Reloadable};
 use crate::telemetry::access_log::{AccessLog, Sink};
 use crate::telemetry::metrics::Metrics;
@@ -18,7 +19,8 @@ use crate::tls::server::ServerTls;
 use crate::upstream::discovery::{self, Resolver};
 use crate::upstream::health;
 use crate::upstream::pool::Pools;
-use crate::upstream::{BuildError, TlsOrigin, Upstream};
+use crate::tcp::TcpListenerCtx;
+use crate::upstream::{BuildError, Carries, TlsOrigin, Upstream};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -55,6 +57,8 @@ pub struct Options {
 /// A running legate.
 pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
+    /// Unix socket files legate created; removed when it stops.
+    unix_paths: Vec<std::path::PathBuf>,
     pub admin_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     pub metrics: Arc<Metrics>,
@@ -81,6 +85,9 @@ impl Running {
     pub fn wait(mut self) {
         for t in self.worker_threads.drain(..) {
             let _ = t.join();
+        }
+        for p in &self.unix_paths {
+            listen::unix::remove(p);
         }
         self.stop_control.send_replace(true);
         if let Some(c) = self.control.take() {
@@ -121,11 +128,24 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     let state = Arc::new(State::new());
     let workers = worker_count(&cfg);
 
+    let tcp_upstreams: Vec<&str> = cfg
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == ListenerProtocol::Tcp)
+        .filter_map(|l| l.upstream.as_deref())
+        .collect();
     let upstreams = cfg
         .upstreams
         .iter()
         .enumerate()
-        .map(|(i, u)| Upstream::build(i, u, metrics.clone()).map(Arc::new))
+        .map(|(i, u)| {
+            let carries = if tcp_upstreams.contains(&u.name.as_str()) {
+                Carries::Tcp
+            } else {
+                Carries::Http
+            };
+            Upstream::build_for(i, u, metrics.clone(), carries).map(Arc::new)
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut reloadables: Vec<Arc<dyn Reloadable>> = Vec::new();
@@ -147,45 +167,46 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         }
     }
     // Bind everything before starting anything, so a taken port fails the start cleanly.
-    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<Accepting>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut unix_paths = Vec::new();
     let access_log = AccessLog::new(cfg.access_log, opts.access_log_sink.clone());
     for l in &cfg.listeners {
-        let sockets = listen::bind_shared(&format!("listener `{}`", l.name), l.listen.0, workers)?;
-        let addr = sockets[0].local_addr().map_err(|source| BindError {
-            what: format!("listener `{}`", l.name),
-            addr: l.listen.0,
-            source,
-        })?;
-        let obs = Arc::new(ListenerObs {
-            name: Arc::from(l.name.as_str()),
-            access_log: access_log.clone(),
-            inflight: metrics.listener_inflight(&l.name),
-            unrouted: metrics.route(&l.name, "", ""),
-            metrics: metrics.clone(),
-        });
-        let mut routes = Vec::with_capacity(l.routes.len());
-        for r in &l.routes {
-            let Some(up) = upstreams.iter().find(|u| &*u.name == r.upstream.as_str()) else {
-                return Err(StartError::Invalid(format!(
-                    "route `{}` names unknown upstream `{}`",
-                    r.name, r.upstream
-                )));
-            };
-            let rm = metrics.route(&l.name, &r.name, &r.upstream);
-            let route = Arc::new(Route::compile(r, up.clone(), rm)?);
-            for h in &route.file_headers {
-                reloadables.push(h.clone());
+        let what = format!("listener `{}`", l.name);
+        let name: Arc<str> = Arc::from(l.name.as_str());
+        let (sockets, addr) = match &l.listen {
+            ListenOn::Tcp(a) => {
+                let sockets = listen::bind_shared(&what, a.0, workers)?;
+                let addr = sockets[0]
+                    .local_addr()
+                    .map_err(|source| BindError::new(&what, a, source))?;
+                (
+                    sockets.into_iter().map(Bound::Tcp).collect::<Vec<_>>(),
+                    Some(addr),
+                )
             }
-            routes.push(route);
-        }
+            ListenOn::Unix(path) => {
+                let mode = l.socket_mode.map_or(config::DEFAULT_SOCKET_MODE, |m| m.0);
+                let first = listen::unix::bind(&what, path, mode)?;
+                unix_paths.push(path.clone());
+                let mut sockets = Vec::with_capacity(workers);
+                for _ in 1..workers {
+                    sockets.push(Bound::Unix(first.try_clone().map_err(|source| {
+                        BindError::new(&what, l.listen.to_string(), source)
+                    })?));
+                }
+                sockets.push(Bound::Unix(first));
+                (sockets, None)
+            }
+        };
         let tls = match &l.tls {
             Some(t) => {
-                let name = format!("listener:{}", l.name);
-                let (server, leaf) = ServerTls::new(name, t).map_err(|source| StartError::Tls {
-                    what: format!("listener `{}`", l.name),
-                    source,
-                })?;
+                let tls_name = format!("listener:{}", l.name);
+                let (server, leaf) =
+                    ServerTls::new(tls_name, t).map_err(|source| StartError::Tls {
+                        what: what.clone(),
+                        source,
+                    })?;
                 tracing::info!(listener = %l.name, serial = %leaf.serial, identity = %leaf.identity(),
                     mtls = t.client_ca.is_some(), "TLS termination on");
                 let server = Arc::new(server);
@@ -194,22 +215,107 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
             }
             None => None,
         };
-        let ctx = Arc::new(ListenerCtx {
-            addr,
-            routes,
-            obs,
-            tls,
+        let service = match l.protocol {
+            ListenerProtocol::Http => {
+                let obs = Arc::new(ListenerObs {
+                    name: name.clone(),
+                    access_log: access_log.clone(),
+                    inflight: metrics.listener_inflight(&l.name),
+                    unrouted: metrics.route(&l.name, "", ""),
+                    metrics: metrics.clone(),
+                });
+                let mut routes = Vec::with_capacity(l.routes.len());
+                for r in &l.routes {
+                    let up = find_upstream(&upstreams, &r.upstream, || {
+                        format!("route `{}` names unknown upstream `{}`", r.name, r.upstream)
+                    })?;
+                    let rm = metrics.route(&l.name, &r.name, &r.upstream);
+                    let route = Arc::new(Route::compile(r, up, rm)?);
+                    for h in &route.file_headers {
+                        reloadables.push(h.clone());
+                    }
+                    routes.push(route);
+                }
+                let Some(addr) = addr else {
+                    return Err(StartError::Invalid(format!(
+                        "{what}: HTTP listeners take IP:PORT, not a Unix socket"
+                    )));
+                };
+                Service::Http {
+                    ctx: Arc::new(ListenerCtx {
+                        addr,
+                        routes,
+                        obs,
+                        tls,
+                    }),
+                    builder: Arc::new(http_server::builder(&l.limits)),
+                }
+            }
+            ListenerProtocol::Tcp => {
+                let up_name = l.upstream.as_deref().unwrap_or_default();
+                let up = find_upstream(&upstreams, up_name, || {
+                    format!("{what} names unknown upstream `{up_name}`")
+                })?;
+                let up_cfg = cfg.upstreams.iter().find(|u| u.name == up_name);
+                let pg_tls = up_cfg
+                    .and_then(|u| u.tls.as_ref())
+                    .is_some_and(|t| t.mode == config::TlsMode::Postgres);
+                let credentials = match up_cfg.and_then(|u| u.postgres.as_ref()) {
+                    Some(p) => {
+                        let c = PostgresCredentials::new(up_name, p).map_err(|e| {
+                            StartError::Invalid(format!("upstream `{up_name}`: {e}"))
+                        })?;
+                        let c = Arc::new(c);
+                        reloadables.push(c.clone());
+                        Some(c)
+                    }
+                    None => None,
+                };
+                let postgres = (pg_tls || credentials.is_some())
+                    .then_some(crate::tcp::PostgresSide { credentials });
+                Service::Tcp(Arc::new(TcpListenerCtx {
+                    name: name.clone(),
+                    connect_timeout: l.connect_timeout.map_or(up.connect_timeout, |t| t.get()),
+                    connect_attempts: l
+                        .connect_attempts
+                        .unwrap_or(config::DEFAULT_CONNECT_ATTEMPTS)
+                        .max(1),
+                    idle_timeout: l
+                        .idle_timeout
+                        .map_or(config::DEFAULT_TCP_IDLE_TIMEOUT, |t| t.get()),
+                    max_lifetime: l.max_connection_lifetime.map(|t| t.get()),
+                    upstream: up,
+                    tls,
+                    postgres,
+                    metrics: metrics.tcp_listener(&l.name),
+                    all_metrics: metrics.clone(),
+                    log: access_log.clone(),
+                    connect_log: Default::default(),
+                }))
+            }
+        };
+        let limit = l.max_connections.map(|max| {
+            Arc::new(ConnLimit::new(
+                max,
+                state.clone(),
+                metrics.refused_handle(&l.name, "max-connections"),
+            ))
         });
-        let builder = Arc::new(http_server::builder(&l.limits));
-        for (w, s) in sockets.into_iter().enumerate() {
-            per_worker[w].push((s, ctx.clone(), builder.clone()));
+        for (w, socket) in sockets.into_iter().enumerate() {
+            per_worker[w].push(Accepting {
+                name: name.clone(),
+                socket,
+                service: service.clone(),
+                limit: limit.clone(),
+            });
         }
-        tracing::info!(listener = %l.name, %addr, workers, "listening");
-        bound.push((l.name.clone(), addr));
+        let shown = addr.map_or_else(|| l.listen.to_string(), |a| a.to_string());
+        tracing::info!(listener = %l.name, addr = %shown, protocol = ?l.protocol, workers, "listening");
+        bound.push((l.name.clone(), addr, l.listen.clone()));
     }
     let admin_socket = match cfg.admin.listen {
         AdminListen::Off => None,
-        AdminListen::Addr(a) => Some(listen::bind_shared("admin", a.0, 1)?.remove(0)),
+        AdminListen::Addr(a) => listen::bind_shared("admin", a.0, 1)?.pop(),
     };
     let admin_addr = admin_socket.as_ref().and_then(|s| s.local_addr().ok());
 
@@ -266,7 +372,11 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         tracing::info!(addr = %a, "admin listening");
     }
     Ok(Running {
-        listeners: bound,
+        listeners: bound
+            .iter()
+            .filter_map(|(n, a, _)| a.map(|a| (n.clone(), a)))
+            .collect(),
+        unix_paths,
         admin_addr,
         state,
         metrics,
@@ -290,13 +400,19 @@ fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-type WorkerListener = (
-    std::net::TcpListener,
-    Arc<ListenerCtx>,
-    Arc<http_server::ConnBuilder>,
-);
+fn find_upstream(
+    upstreams: &[Arc<Upstream>],
+    name: &str,
+    missing: impl FnOnce() -> String,
+) -> Result<Arc<Upstream>, StartError> {
+    upstreams
+        .iter()
+        .find(|u| &*u.name == name)
+        .cloned()
+        .ok_or_else(|| StartError::Invalid(missing()))
+}
 
-fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, drain: Duration) {
+fn run_worker(listeners: Vec<Accepting>, shutdown: watch::Receiver<bool>, drain: Duration) {
     let Some(rt) = current_thread_runtime() else {
         return;
     };
@@ -312,13 +428,11 @@ fn run_worker(listeners: Vec<WorkerListener>, shutdown: watch::Receiver<bool>, d
                 }
             })
         };
-        let tracker = Arc::new(http_server::ConnTracker::default());
+        let tracker = Arc::new(ConnTracker::default());
         let mut loops = Vec::new();
-        for (socket, ctx, builder) in listeners {
+        for a in listeners {
             loops.push(tokio::spawn(listen::accept_loop(
-                socket,
-                ctx,
-                builder,
+                a,
                 pools.clone(),
                 tracker.clone(),
                 shutdown.clone(),

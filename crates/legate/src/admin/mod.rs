@@ -43,6 +43,12 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/ready") => {
                 if self.state.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "draining\n")
+                } else if self.state.saturated() > 0 {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        PLAIN,
+                        "saturated: a listener is at its max_connections\n",
+                    )
                 } else if self.state.is_ready() {
                     text(StatusCode::OK, PLAIN, "ready\n")
                 } else {

@@ -1,7 +1,8 @@
 //! Credentials legate adds on the app's behalf: headers from files (tokens, API keys, basic
-//! auth) and OAuth2 client-credentials tokens. The app never holds a secret.
+//! auth), OAuth2 client-credentials tokens, and database logins. The app never holds a secret.
 
 pub mod oauth2;
+pub mod postgres;
 pub mod secret_header;
 
 use std::sync::Arc;

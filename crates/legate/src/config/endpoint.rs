@@ -15,6 +15,11 @@ impl EndpointSpec {
         self.host.parse().ok()
     }
 
+    /// `localhost` or a loopback IP: the same Pod (or machine).
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost" || self.ip().is_some_and(|ip| ip.is_loopback())
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.contains("://") {

@@ -8,7 +8,7 @@ use super::resilience::{
 use super::size::ByteSize;
 pub use super::tls::{
     AllowList, AuthConfig, BasicAuth, FilesConfig, HeaderFromFile, ListenerTls, OAuth2Config,
-    Pkcs12, TlsBackend, TlsVersion, UpstreamTls,
+    Pkcs12, TlsBackend, TlsMode, TlsVersion, UpstreamTls,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -109,16 +109,79 @@ fn default_drain_timeout() -> ConfigDuration {
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
-    pub listen: ListenAddr,
+    /// `IP:PORT` (or just the port, on loopback); `unix:/path` for a Unix socket (TCP listeners).
+    pub listen: ListenOn,
     #[serde(default)]
     pub protocol: ListenerProtocol,
     /// Terminate TLS (and mTLS) on this listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Most client connections open at once; over it a new connection is closed at once,
+    /// logged and counted, and `/ready` answers 503 until one closes. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// `protocol: tcp`: the upstream every connection is carried to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// `protocol: tcp`: how long one connect attempt may take (TCP, and TLS or the PostgreSQL
+    /// SSL exchange when the upstream has them). Unset: the upstream's `connect_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<ConfigDuration>,
+    /// `protocol: tcp`: endpoints tried before the client is closed (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_attempts: Option<u32>,
+    /// `protocol: tcp`: close a connection when no byte has moved either way for this long
+    /// (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<ConfigDuration>,
+    /// `protocol: tcp`: close a connection this long after it opened, busy or not. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_lifetime: Option<ConfigDuration>,
+    /// `unix:` listeners: the socket file's permissions, octal (default `"0660"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<FileMode>,
+    /// `protocol: tcp` with `tls:` (a tunnel's server side): allow an upstream that is not on
+    /// loopback. Off by default, as in ghostunnel: a TLS-terminating tunnel that forwards
+    /// anywhere is an open relay into the network.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_remote_target: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Defaults of the TCP listener settings.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+pub const DEFAULT_TCP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Unix socket permissions when `socket_mode` is unset: owner and group (the app's container
+/// usually shares a group through `fsGroup`, not the user).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+impl ListenerConfig {
+    /// A listener with every optional field unset.
+    pub fn new(name: &str, listen: ListenOn, protocol: ListenerProtocol) -> Self {
+        Self {
+            name: name.to_string(),
+            listen,
+            protocol,
+            tls: None,
+            routes: Vec::new(),
+            limits: ListenerLimits::default(),
+            max_connections: None,
+            upstream: None,
+            connect_timeout: None,
+            connect_attempts: None,
+            idle_timeout: None,
+            max_connection_lifetime: None,
+            socket_mode: None,
+            allow_remote_target: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
@@ -126,6 +189,84 @@ pub struct ListenerConfig {
 pub enum ListenerProtocol {
     #[default]
     Http,
+    /// Carry bytes both ways to one upstream (databases, anything over TCP).
+    Tcp,
+}
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenOn {
+    Tcp(ListenAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl ListenOn {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().strip_prefix("unix:") {
+            Some("") => Err("`unix:` needs a path, like unix:/cloudsql/db/.s.PGSQL.5432".into()),
+            Some(path) => Ok(Self::Unix(path.into())),
+            None => ListenAddr::parse(s).map(Self::Tcp),
+        }
+    }
+
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(a) => Some(a.0),
+            Self::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ListenOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => a.fmt(f),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = StringOrInt::deserialize(d)?;
+        ListenOn::parse(&v.0).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ListenOn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// File permission bits, written in octal: `"0660"` (a YAML string, or the number 660 read as
+/// octal digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FileMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let digits = s.trim().trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(Self(m)),
+            _ => Err(format!(
+                "`{s}` is not a permission mode: write octal digits like \"0660\""
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = StringOrInt::deserialize(d)?;
+        FileMode::parse(&v.0).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:04o}", self.0))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -262,6 +403,24 @@ pub struct UpstreamConfig {
     /// Credentials added to every request: basic auth or OAuth2 client credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// PostgreSQL behind a TCP listener: legate logs in with these credentials on the app's
+    /// behalf (SCRAM-SHA-256, MD5 or cleartext), so the app connects without a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresLogin>,
+}
+
+/// `upstreams[].postgres`: the database login legate performs for the app.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresLogin {
+    /// The database user; the app's own `user` is replaced with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A file holding the user name instead of `user` (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_file: Option<std::path::PathBuf>,
+    /// A file holding the password; re-read when it changes (rotation).
+    pub password_file: std::path::PathBuf,
 }
 
 impl UpstreamConfig {
@@ -281,6 +440,7 @@ impl UpstreamConfig {
             outlier_detection: OutlierConfig::default(),
             health_check: None,
             auth: None,
+            postgres: None,
         }
     }
 }

@@ -88,12 +88,55 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         shutdown: ShutdownConfig::default(),
         files: FilesConfig::default(),
         listeners: vec![ListenerConfig {
-            name: "app".into(),
-            listen: q.listen,
-            protocol: ListenerProtocol::Http,
-            tls: None,
             routes: vec![route],
-            limits: ListenerLimits::default(),
+            ..ListenerConfig::new("app", ListenOn::Tcp(q.listen), ListenerProtocol::Http)
+        }],
+        upstreams: vec![upstream],
+    })
+}
+
+/// The flags of `legate tcp`, already split.
+#[derive(Debug, Clone)]
+pub struct QuickTcp {
+    pub listen: ListenOn,
+    /// `HOST:PORT`; repeat for more endpoints of the same service.
+    pub upstreams: Vec<String>,
+    /// `--tls` or `--tls-mode postgres`: the upstream's TLS settings (`--ca`, `--cert`, …).
+    pub tls: Option<UpstreamTls>,
+    pub admin: AdminListen,
+    pub access_log: AccessLogMode,
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuickTcpError {
+    #[error("--upstream is required: give HOST:PORT of the real service, like --upstream db.internal:5432")]
+    NoUpstream,
+    #[error("--upstream {0}")]
+    BadUpstream(String),
+}
+
+pub fn build_tcp(q: &QuickTcp) -> Result<Config, QuickTcpError> {
+    if q.upstreams.is_empty() {
+        return Err(QuickTcpError::NoUpstream);
+    }
+    for u in &q.upstreams {
+        super::endpoint::EndpointSpec::parse(u).map_err(QuickTcpError::BadUpstream)?;
+    }
+    let mut upstream = UpstreamConfig::with_endpoints("upstream", q.upstreams.clone());
+    upstream.tls = q.tls.clone();
+    Ok(Config {
+        admin: AdminConfig {
+            listen: q.admin,
+            ready_requires_healthy_upstreams: false,
+        },
+        runtime: RuntimeConfig { workers: q.workers },
+        access_log: q.access_log,
+        shutdown: ShutdownConfig::default(),
+        files: FilesConfig::default(),
+        listeners: vec![ListenerConfig {
+            upstream: Some("upstream".into()),
+            ..ListenerConfig::new("app", q.listen.clone(), ListenerProtocol::Tcp)
         }],
         upstreams: vec![upstream],
     })
@@ -102,6 +145,32 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_quick_mode_round_trips() {
+        let q = QuickTcp {
+            listen: ListenOn::parse("unix:/tmp/x/.s.PGSQL.5432").unwrap(),
+            upstreams: vec!["db.internal:5432".into()],
+            tls: Some(UpstreamTls {
+                mode: TlsMode::Postgres,
+                ..Default::default()
+            }),
+            admin: AdminListen::Off,
+            access_log: AccessLogMode::Json,
+            workers: Some(1),
+        };
+        let cfg = build_tcp(&q).unwrap();
+        assert!(super::super::validate::validate(&cfg).is_empty());
+        let yaml = super::super::to_yaml(&cfg);
+        assert!(yaml.contains("mode: postgres"), "{yaml}");
+        assert!(yaml.contains("unix:/tmp/x/.s.PGSQL.5432"), "{yaml}");
+        assert!(super::super::load_str("p", &yaml, |_| None).is_ok(), "{yaml}");
+        let bad = QuickTcp {
+            upstreams: vec!["http://x".into()],
+            ..q
+        };
+        assert!(matches!(build_tcp(&bad), Err(QuickTcpError::BadUpstream(_))));
+    }
 
     fn q(upstreams: &[&str]) -> QuickHttp {
         QuickHttp {

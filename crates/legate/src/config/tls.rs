@@ -52,6 +52,24 @@ pub struct UpstreamTls {
     /// OpenSSL cipher string for the `openssl` backend, e.g. `DEFAULT@SECLEVEL=0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openssl_ciphers: Option<String>,
+    /// `direct` (default): TLS from the first byte. `postgres`: PostgreSQL's SSLRequest first,
+    /// then TLS, as libpq does (TCP listeners only).
+    #[serde(default, skip_serializing_if = "TlsMode::is_direct")]
+    pub mode: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Direct,
+    Postgres,
+}
+
+impl TlsMode {
+    fn is_direct(&self) -> bool {
+        *self == TlsMode::Direct
+    }
 }
 
 impl Default for UpstreamTls {
@@ -71,6 +89,7 @@ impl Default for UpstreamTls {
             insecure_skip_verify: false,
             backend: TlsBackend::Rustls,
             openssl_ciphers: None,
+            mode: TlsMode::Direct,
         }
     }
 }

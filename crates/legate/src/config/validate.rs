@@ -1,7 +1,10 @@
 //! Cross-field checks that serde cannot express. Every problem is collected, not just the first.
 
 use super::endpoint::{EndpointSpec, UpstreamUrl};
-use super::model::{AdminListen, Config, HeaderRules, HostRewrite};
+use super::model::{
+    AdminListen, Config, HeaderRules, HostRewrite, ListenOn, ListenerConfig, ListenerProtocol,
+    TlsMode,
+};
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -320,6 +323,11 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     }
     let mut listener_names: HashMap<&str, usize> = HashMap::new();
     let mut addrs = HashMap::new();
+    let mut unix_paths = HashMap::new();
+    // Which upstreams carry HTTP and which carry TCP tunnels: one upstream cannot do both
+    // (its TLS ALPN, its credentials and its health checks differ).
+    let mut http_upstreams: HashMap<&str, String> = HashMap::new();
+    let mut tcp_upstreams: HashMap<&str, String> = HashMap::new();
     if let AdminListen::Addr(a) = cfg.admin.listen {
         addrs.insert(a.0, "admin.listen".to_string());
     }
@@ -335,13 +343,66 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
                 ),
             );
         }
-        if l.listen.0.port() != 0 {
-            if let Some(other) = addrs.insert(l.listen.0, format!("{base}.listen")) {
+        match &l.listen {
+            ListenOn::Tcp(a) if a.0.port() != 0 => {
+                if let Some(other) = addrs.insert(a.0, format!("{base}.listen")) {
+                    issues.add(
+                        format!("{base}.listen"),
+                        format!("address {} is also used by {other}", l.listen),
+                    );
+                }
+            }
+            ListenOn::Tcp(_) => {}
+            ListenOn::Unix(p) => {
+                if let Some(other) = unix_paths.insert(p.clone(), format!("{base}.listen")) {
+                    issues.add(
+                        format!("{base}.listen"),
+                        format!("socket {} is also used by {other}", p.display()),
+                    );
+                }
+            }
+        }
+        if l.max_connections == Some(0) {
+            issues.add(
+                format!("{base}.max_connections"),
+                "must be at least 1 (remove it for no limit)",
+            );
+        }
+        if l.socket_mode.is_some() && !matches!(l.listen, ListenOn::Unix(_)) {
+            issues.add(
+                format!("{base}.socket_mode"),
+                "only for `unix:` listeners",
+            );
+        }
+        if l.protocol == ListenerProtocol::Tcp {
+            check_tcp_listener(&mut issues, &base, l, cfg, &mut tcp_upstreams);
+            continue;
+        }
+        for (field, set) in [
+            ("upstream", l.upstream.is_some()),
+            ("connect_timeout", l.connect_timeout.is_some()),
+            ("connect_attempts", l.connect_attempts.is_some()),
+            ("idle_timeout", l.idle_timeout.is_some()),
+            ("max_connection_lifetime", l.max_connection_lifetime.is_some()),
+            ("allow_remote_target", l.allow_remote_target),
+        ] {
+            if set {
+                let hint = if field == "upstream" {
+                    "; an HTTP listener sends to upstreams through `routes`"
+                } else {
+                    ""
+                };
                 issues.add(
-                    format!("{base}.listen"),
-                    format!("address {} is also used by {other}", l.listen),
+                    format!("{base}.{field}"),
+                    format!("only for `protocol: tcp` listeners{hint}"),
                 );
             }
+        }
+        if matches!(l.listen, ListenOn::Unix(_)) {
+            issues.add(
+                format!("{base}.listen"),
+                "Unix sockets are for `protocol: tcp` listeners; HTTP listeners take IP:PORT",
+            );
         }
         if l.limits.max_header_bytes.0 < 1024 {
             issues.add(
@@ -375,6 +436,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
                     format!("duplicate route name `{}` (also routes[{first}])", r.name),
                 );
             }
+            http_upstreams.insert(r.upstream.as_str(), format!("{rb}.upstream"));
             if !upstream_names.contains_key(r.upstream.as_str()) {
                 let known: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
                 issues.add(
@@ -450,5 +512,149 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             );
         }
     }
+    for (name, path) in &tcp_upstreams {
+        if let Some(http) = http_upstreams.get(name) {
+            issues.add(
+                path.clone(),
+                format!("upstream `{name}` is also used by HTTP ({http}): give the TCP listener an upstream of its own"),
+            );
+        }
+    }
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let base = format!("upstreams[{i}]");
+        let tcp = tcp_upstreams.contains_key(u.name.as_str());
+        if u.postgres.is_some() && !tcp {
+            issues.add(
+                format!("{base}.postgres"),
+                "only for an upstream of a `protocol: tcp` listener",
+            );
+        }
+        if u.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Postgres) && !tcp {
+            issues.add(
+                format!("{base}.tls.mode"),
+                "`postgres` is only for an upstream of a `protocol: tcp` listener",
+            );
+        }
+        if let Some(pg) = &u.postgres {
+            match (&pg.user, &pg.user_file) {
+                (Some(_), Some(_)) => issues.add(
+                    format!("{base}.postgres.user_file"),
+                    "set `user` or `user_file`, not both",
+                ),
+                (None, None) => issues.add(
+                    format!("{base}.postgres"),
+                    "name the database user: `user` or `user_file`",
+                ),
+                (Some(u), None) if u.is_empty() || u.contains('\0') => issues.add(
+                    format!("{base}.postgres.user"),
+                    "must be a non-empty name without NUL",
+                ),
+                _ => {}
+            }
+        }
+        if tcp {
+            if u.auth.is_some() {
+                issues.add(
+                    format!("{base}.auth"),
+                    "HTTP credentials mean nothing on a TCP tunnel; for PostgreSQL use `postgres:`",
+                );
+            }
+            if u.health_check.as_ref().is_some_and(|h| h.http.is_some()) {
+                issues.add(
+                    format!("{base}.health_check.http"),
+                    "an upstream of a TCP listener is checked by connecting; remove `http`",
+                );
+            }
+        }
+    }
     issues.0
+}
+
+/// A `protocol: tcp` listener: one upstream, no routes, and a server side that forwards only
+/// to loopback unless told otherwise.
+fn check_tcp_listener<'a>(
+    issues: &mut Issues,
+    base: &str,
+    l: &'a ListenerConfig,
+    cfg: &'a Config,
+    tcp_upstreams: &mut HashMap<&'a str, String>,
+) {
+    if !l.routes.is_empty() {
+        issues.add(
+            format!("{base}.routes"),
+            "a TCP listener has no routes: name its `upstream` directly",
+        );
+    }
+    let Some(name) = &l.upstream else {
+        issues.add(
+            format!("{base}.upstream"),
+            "a TCP listener needs `upstream:` (the upstream its connections go to)",
+        );
+        return;
+    };
+    tcp_upstreams.insert(name.as_str(), format!("{base}.upstream"));
+    if let Some(t) = l.connect_timeout {
+        issues.positive(format!("{base}.connect_timeout"), t.get());
+    }
+    if let Some(t) = l.idle_timeout {
+        issues.positive(format!("{base}.idle_timeout"), t.get());
+    }
+    if let Some(t) = l.max_connection_lifetime {
+        issues.positive(format!("{base}.max_connection_lifetime"), t.get());
+    }
+    if let Some(n) = l.connect_attempts {
+        if n == 0 || n > 10 {
+            issues.add(
+                format!("{base}.connect_attempts"),
+                format!("{n} is outside 1..10"),
+            );
+        }
+    }
+    let Some(up) = cfg.upstreams.iter().find(|u| &u.name == name) else {
+        let known: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+        issues.add(
+            format!("{base}.upstream"),
+            format!(
+                "no upstream named `{name}` (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+        return;
+    };
+    if l.tls.is_some() && !l.allow_remote_target {
+        let remote: Vec<String> = upstream_hosts(up)
+            .into_iter()
+            .filter(|h| !h.is_loopback())
+            .map(|h| h.to_string())
+            .collect();
+        if !remote.is_empty() {
+            issues.add(
+                format!("{base}.upstream"),
+                format!(
+                    "this listener terminates TLS and forwards to `{name}` at {}, which is not loopback; \
+                     set `allow_remote_target: true` if that is intended",
+                    remote.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The hosts of an upstream's endpoints (or URL).
+fn upstream_hosts(u: &super::model::UpstreamConfig) -> Vec<EndpointSpec> {
+    let mut out: Vec<EndpointSpec> = u
+        .endpoints
+        .iter()
+        .filter_map(|e| EndpointSpec::parse(&e.address).ok())
+        .collect();
+    if let Some(url) = &u.url {
+        if let Ok(p) = UpstreamUrl::parse(url) {
+            out.push(p.endpoint);
+        }
+    }
+    out
 }

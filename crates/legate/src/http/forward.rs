@@ -21,7 +21,7 @@ use super::retry::{self, Outcome};
 use super::route::Route;
 use crate::upstream::breaker::Limit;
 use crate::upstream::error::FailureKind;
-use crate::upstream::outlier::Recorded;
+use crate::upstream::outcome::{self, Verdict};
 use crate::upstream::pool::Pools;
 use crate::upstream::{balance, Endpoint, Upstream, UpstreamError};
 use bytes::Bytes;
@@ -317,10 +317,6 @@ async fn attempt(
 }
 
 /// Feeds one try's outcome to the balancer's latency estimate, outlier detection and breaker.
-/// A failed try weighs this much in the latency estimate: failing fast (a refused
-/// connection) must not make an endpoint look attractive to p2c-EWMA.
-const FAILURE_PENALTY: Duration = Duration::from_millis(500);
-
 fn record(
     up: &Upstream,
     ep: &Arc<Endpoint>,
@@ -329,40 +325,12 @@ fn record(
     now: Instant,
     rtt: Duration,
 ) {
-    let sample = if outcome.is_failure() {
-        rtt.max(FAILURE_PENALTY)
+    let verdict = if !outcome.is_failure() {
+        Verdict::Success
+    } else if outcome == Outcome::Failed(FailureKind::Connect) {
+        Verdict::ConnectFailure
     } else {
-        rtt
+        Verdict::Failure
     };
-    ep.load.observe(sample, now);
-    ep.load.outcome(outcome.is_failure());
-    if let Some(policy) = &up.outlier {
-        if outcome.is_failure() {
-            let may_eject = || {
-                let eps = up.endpoints();
-                let ejected = eps.iter().filter(|e| e.outlier.is_ejected(now)).count();
-                ejected < policy.max_ejected(eps.len())
-            };
-            if let Recorded::Ejected { for_, times } = ep.outlier.failure(
-                policy,
-                outcome == Outcome::Failed(FailureKind::Connect),
-                may_eject,
-            ) {
-                tracing::warn!(upstream = %up.name, endpoint = %ep.addr, ejected_for = ?for_, times,
-                    "outlier detection: endpoint ejected after consecutive failures");
-                up.metrics.ejections.get_or_create(&ep.label).inc();
-                let gauge = up.metrics.ejected.get_or_create(&ep.label).clone();
-                gauge.set(1);
-                tokio::spawn(async move {
-                    tokio::time::sleep(for_).await;
-                    gauge.set(0);
-                });
-            }
-        } else {
-            ep.outlier.success();
-        }
-    }
-    if let (Some(b), Some(a)) = (&up.breaker, admission) {
-        b.record(a, outcome.is_failure(), now);
-    }
+    outcome::record(up, ep, admission, verdict, now, rtt);
 }

@@ -4,9 +4,8 @@
 
 use super::proxy::{self, ConnInfo, ListenerCtx};
 use crate::config::ListenerLimits;
-use crate::telemetry::metrics::{ListenerLabels, TlsFailureLabels};
-use crate::tls::failure;
 use crate::tls::server::ServerTls;
+use crate::listen::{ConnSlot, ConnTracker, Tracked};
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -16,11 +15,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -47,47 +45,6 @@ pub fn builder(limits: &ListenerLimits) -> ConnBuilder {
         h1,
         h2,
         header_read_timeout: limits.header_read_timeout.get(),
-    }
-}
-
-/// Counts a worker's open client connections so the drain knows when it is done.
-#[derive(Default)]
-pub struct ConnTracker {
-    open: AtomicUsize,
-    idle: Notify,
-}
-
-impl ConnTracker {
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once no connection is open.
-    pub async fn all_closed(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.open() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-struct Tracked(Arc<ConnTracker>);
-
-impl Tracked {
-    fn new(t: &Arc<ConnTracker>) -> Self {
-        t.open.fetch_add(1, Ordering::SeqCst);
-        Self(t.clone())
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
     }
 }
 
@@ -151,6 +108,7 @@ pub fn serve(
     listener: Arc<ListenerCtx>,
     pools: Arc<Pools>,
     tracker: &Arc<ConnTracker>,
+    slot: Option<ConnSlot>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -158,6 +116,7 @@ pub fn serve(
     let builder = builder.clone();
     tokio::spawn(async move {
         let _tracked = tracked;
+        let _slot = slot;
         match listener.tls.clone() {
             None => {
                 let h2 = match tokio::time::timeout(builder.header_read_timeout, sniff_h2(&stream))
@@ -198,62 +157,18 @@ pub fn serve(
     });
 }
 
-/// The TLS handshake of an inbound connection; failures are logged with the peer (and, for a
-/// certificate the allow list refused, its identity) and counted by reason.
+/// The TLS handshake of an inbound connection, plus the client certificate for XFCC.
 async fn handshake(
     tls: &ServerTls,
     listener: &ListenerCtx,
     stream: TcpStream,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
     let peer = stream.peer_addr().ok();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-    let failed = |reason: &str| {
-        listener
-            .obs
-            .metrics
-            .tls_handshake_failures
-            .get_or_create(&TlsFailureLabels {
-                listener: listener.obs.name.to_string(),
-                reason: reason.to_string(),
-            })
-            .inc();
-    };
-    match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
-        Err(_) => {
-            failed("tls-handshake-timeout");
-            tracing::info!(listener = %listener.obs.name, peer = ?peer, timeout = ?tls.handshake_timeout,
-                "TLS handshake not finished in time; closing");
-            None
-        }
-        Ok(Err(e)) => {
-            let reason = failure::reason(&e);
-            failed(reason);
-            let detail = failure::rustls_error(&e).map_or_else(|| e.to_string(), |r| r.to_string());
-            match failure::refused_identity(&e) {
-                Some(identity) => {
-                    tracing::warn!(listener = %listener.obs.name, peer = ?peer, identity, reason,
-                    "client certificate refused: identity not in the allow list")
-                }
-                None => {
-                    tracing::warn!(listener = %listener.obs.name, peer = ?peer, reason, error = %detail,
-                    "inbound TLS handshake failed")
-                }
-            }
-            None
-        }
-        Ok(Ok(s)) => {
-            listener
-                .obs
-                .metrics
-                .tls_handshakes
-                .get_or_create(&ListenerLabels {
-                    listener: listener.obs.name.to_string(),
-                })
-                .inc();
-            let xfcc = tls.xfcc(s.get_ref().1.peer_certificates());
-            Some((s, ConnInfo { xfcc }))
-        }
-    }
+    let s = crate::tls::server::accept(tls, &listener.obs.name, &listener.obs.metrics, peer, stream)
+        .await
+        .ok()?;
+    let xfcc = tls.xfcc(s.get_ref().1.peer_certificates());
+    Some((s, ConnInfo { xfcc }))
 }
 
 async fn serve_http<I>(

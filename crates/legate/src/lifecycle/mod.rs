@@ -1,13 +1,16 @@
 //! Start and stop: readiness, the shutdown broadcast, and signals. SIGTERM or SIGINT flip
 //! readiness off, stop accepting, and let in-flight requests finish within `drain_timeout`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::watch;
 
 /// Process-wide state that admin reports and signals change.
 pub struct State {
     ready: AtomicBool,
     draining: AtomicBool,
+    /// Listeners at their `max_connections` now: `/ready` says 503 while any is, so the
+    /// Service sends new work elsewhere (as cloud-sql-proxy does).
+    saturated: AtomicUsize,
     shutdown: watch::Sender<bool>,
 }
 
@@ -22,6 +25,7 @@ impl State {
         Self {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            saturated: AtomicUsize::new(0),
             shutdown: watch::channel(false).0,
         }
     }
@@ -34,6 +38,18 @@ impl State {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn saturated(&self) -> usize {
+        self.saturated.load(Ordering::SeqCst)
+    }
+
+    pub fn set_saturated(&self, saturated: bool) {
+        if saturated {
+            self.saturated.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.saturated.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     pub fn is_draining(&self) -> bool {

@@ -1,8 +1,16 @@
-//! Listening sockets. Every worker gets its own socket on the same address (SO_REUSEPORT), so
-//! the kernel spreads connections across workers with no shared accept lock, as nginx does.
+//! Listening sockets and the accept loop. Every worker gets its own TCP socket on the same
+//! address (SO_REUSEPORT), so the kernel spreads connections across workers with no shared
+//! accept lock, as nginx does; a Unix socket is one file, shared by the workers.
+
+mod limit;
+pub mod unix;
+
+pub use limit::{ConnLimit, ConnSlot, ConnTracker, Tracked};
 
 use crate::http::proxy::ListenerCtx;
-use crate::http::server::{self, ConnBuilder, ConnTracker};
+use crate::http::server::{self, ConnBuilder};
+use crate::tcp::TcpListenerCtx;
+use crate::telemetry::throttle::Throttle;
 use crate::upstream::pool::Pools;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -11,11 +19,24 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({what}): {source}")]
+#[error("cannot listen on {addr} ({what}): {source}{hint}")]
 pub struct BindError {
     pub what: String,
-    pub addr: SocketAddr,
+    pub addr: String,
     pub source: std::io::Error,
+    /// What to do about it, when legate can tell.
+    pub hint: String,
+}
+
+impl BindError {
+    pub fn new(what: &str, addr: impl ToString, source: std::io::Error) -> Self {
+        Self {
+            what: what.to_string(),
+            addr: addr.to_string(),
+            source,
+            hint: String::new(),
+        }
+    }
 }
 
 /// Binds `count` sockets to `addr` with SO_REUSEPORT. Port 0 is resolved by the first socket
@@ -28,11 +49,7 @@ pub fn bind_shared(
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
-        let l = bind_one(addr).map_err(|source| BindError {
-            what: what.to_string(),
-            addr,
-            source,
-        })?;
+        let l = bind_one(addr).map_err(|source| BindError::new(what, addr, source))?;
         if addr.port() == 0 {
             if let Ok(a) = l.local_addr() {
                 addr = a;
@@ -53,41 +70,122 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// One worker's listening socket.
+pub enum Bound {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// What a listener does with the connections it accepts.
+#[derive(Clone)]
+pub enum Service {
+    Http {
+        ctx: Arc<ListenerCtx>,
+        builder: Arc<ConnBuilder>,
+    },
+    Tcp(Arc<TcpListenerCtx>),
+}
+
+/// A listener as one worker runs it.
+pub struct Accepting {
+    pub name: Arc<str>,
+    pub socket: Bound,
+    pub service: Service,
+    /// Shared by every worker's socket of this listener.
+    pub limit: Option<Arc<ConnLimit>>,
+}
+
+enum Listening {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listening {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listening::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+            Listening::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
 /// Accepts until `shutdown` flips, then drops the socket so new connections are refused.
 pub async fn accept_loop(
-    std_listener: std::net::TcpListener,
-    ctx: Arc<ListenerCtx>,
-    builder: Arc<ConnBuilder>,
+    a: Accepting,
     pools: Arc<Pools>,
     tracker: Arc<ConnTracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+    let registered = match a.socket {
+        Bound::Tcp(s) => tokio::net::TcpListener::from_std(s).map(Listening::Tcp),
+        Bound::Unix(s) => tokio::net::UnixListener::from_std(s).map(Listening::Unix),
+    };
+    let listener = match registered {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(listener = %ctx.obs.name, error = %e, "cannot register listener");
+            tracing::error!(listener = %a.name, error = %e, "cannot register listener");
             return;
         }
     };
+    let over_limit = Throttle::default();
+    let accept_failed = Throttle::default();
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, _peer)) => server::serve(
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; in-flight work goes on.
+                if let Some(folded) = accept_failed.check() {
+                    tracing::warn!(listener = %a.name, error = %e, folded, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match &a.limit {
+            None => None,
+            Some(limit) => match limit.try_acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    limit.refused.inc();
+                    if let Some(folded) = over_limit.check() {
+                        tracing::warn!(listener = %a.name, max_connections = limit.max, folded,
+                            "connection refused: the listener is at its max_connections");
+                    }
+                    // Dropping the stream closes it at once; nothing was read or sent.
+                    continue;
+                }
+            },
+        };
+        match (&a.service, stream) {
+            (Service::Http { ctx, builder }, Accepted::Tcp(stream, _)) => server::serve(
                 stream,
-                &builder,
+                builder,
                 ctx.clone(),
                 pools.clone(),
                 &tracker,
+                slot,
                 shutdown.clone(),
             ),
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning; in-flight work goes on.
-                tracing::warn!(listener = %ctx.obs.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            (Service::Tcp(ctx), Accepted::Tcp(stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                crate::tcp::spawn(ctx.clone(), stream, Some(peer), &tracker, slot);
+            }
+            (Service::Tcp(ctx), Accepted::Unix(stream)) => {
+                crate::tcp::spawn(ctx.clone(), stream, None, &tracker, slot);
+            }
+            (Service::Http { .. }, Accepted::Unix(_)) => {
+                // The validator keeps HTTP listeners off Unix sockets.
+                tracing::error!(listener = %a.name, "HTTP on a Unix socket is not supported");
             }
         }
     }

@@ -34,7 +34,18 @@ impl AccessLog {
         if !self.enabled {
             return;
         }
-        let line = entry.to_json();
+        self.write_line(entry.to_json());
+    }
+
+    /// One closed connection of a TCP listener.
+    pub fn write_tcp(&self, entry: &TcpEntry<'_>) {
+        if !self.enabled {
+            return;
+        }
+        self.write_line(entry.to_json());
+    }
+
+    fn write_line(&self, line: String) {
         match &self.sink {
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
@@ -118,6 +129,57 @@ impl Entry<'_> {
         }
         if self.replay_skipped {
             s.push_str(",\"retry\":\"body-too-large\"");
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+/// Everything the line for one closed TCP listener connection says.
+pub struct TcpEntry<'a> {
+    pub ts: SystemTime,
+    pub listener: &'a str,
+    /// The client's address, or `unix` for a Unix socket.
+    pub peer: &'a str,
+    pub upstream: &'a str,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub duration_ms: f64,
+    pub bytes_to_upstream: u64,
+    pub bytes_to_client: u64,
+    /// `client-closed`, `upstream-closed`, `idle-timeout`, `lifetime`, `reset`, `tls-<reason>`,
+    /// `auth-failed`, `connect-refused`, …
+    pub close: &'a str,
+    pub error: Option<&'a str>,
+}
+
+impl TcpEntry<'_> {
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(256);
+        s.push_str("{\"ts\":\"");
+        write_rfc3339(&mut s, self.ts);
+        s.push_str("\",\"type\":\"tcp\",\"listener\":");
+        json_str(&mut s, self.listener);
+        s.push_str(",\"peer\":");
+        json_str(&mut s, self.peer);
+        s.push_str(",\"upstream\":");
+        json_str(&mut s, self.upstream);
+        s.push_str(",\"endpoint\":");
+        match self.endpoint {
+            Some(ep) => {
+                let _ = write!(s, "\"{ep}\"");
+            }
+            None => s.push_str("null"),
+        }
+        let _ = write!(
+            s,
+            ",\"duration_ms\":{:.3},\"bytes_to_upstream\":{},\"bytes_to_client\":{},\"close\":",
+            self.duration_ms, self.bytes_to_upstream, self.bytes_to_client
+        );
+        json_str(&mut s, self.close);
+        s.push_str(",\"error\":");
+        match self.error {
+            Some(e) => json_str(&mut s, e),
+            None => s.push_str("null"),
         }
         s.push_str("}\n");
         s

@@ -148,8 +148,46 @@ pub struct TokenLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpResultLabels {
+    pub listener: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpBytesLabels {
+    pub listener: String,
+    /// `to_upstream` (what the client sent) or `to_client`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectFailureLabels {
+    pub upstream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+/// Tunnels live from milliseconds (a health probe) to hours (a connection pool).
+fn connection_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0,
+    ])
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub tcp_active: Family<ListenerLabels, Gauge>,
+    pub tcp_connections: Family<TcpResultLabels, Counter>,
+    pub tcp_bytes: Family<TcpBytesLabels, Counter>,
+    pub tcp_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    pub tcp_connect_failures: Family<ConnectFailureLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
     pub tls_reloads: Family<NameLabels, Counter>,
     pub tls_reload_failures: Family<NameLabels, Counter>,
     pub tls_cert_expiry: Family<NameLabels, Gauge>,
@@ -330,8 +368,52 @@ impl Metrics {
             "OAuth2 token requests, by result",
             oauth2_refreshes.clone(),
         );
+        let tcp_active = Family::<ListenerLabels, Gauge>::default();
+        let tcp_connections = Family::<TcpResultLabels, Counter>::default();
+        let tcp_bytes = Family::<TcpBytesLabels, Counter>::default();
+        let tcp_duration = Family::<ListenerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            connection_duration_histogram as fn() -> Histogram,
+        );
+        let tcp_connect_failures = Family::<ConnectFailureLabels, Counter>::default();
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_active",
+            "Client connections open on TCP listeners",
+            tcp_active.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "Client connections on TCP listeners that ended, by result (close reason)",
+            tcp_connections.clone(),
+        );
+        registry.register(
+            "tcp_bytes",
+            "Bytes carried by TCP listeners, by direction (to_upstream, to_client)",
+            tcp_bytes.clone(),
+        );
+        registry.register(
+            "tcp_connection_duration_seconds",
+            "How long TCP listener connections lasted",
+            tcp_duration.clone(),
+        );
+        registry.register(
+            "tcp_connect_failures",
+            "Failed connects to an upstream's endpoints for TCP listeners, by reason",
+            tcp_connect_failures.clone(),
+        );
+        registry.register(
+            "listener_connections_refused",
+            "Client connections closed at accept, by reason (max-connections)",
+            refused.clone(),
+        );
         Self {
             registry,
+            tcp_active,
+            tcp_connections,
+            tcp_bytes,
+            tcp_duration,
+            tcp_connect_failures,
+            refused,
             tls_reloads,
             tls_reload_failures,
             tls_cert_expiry,
@@ -445,6 +527,54 @@ impl Metrics {
             .inc();
     }
 
+    /// Handles for one TCP listener, resolved once.
+    pub fn tcp_listener(&self, listener: &str) -> TcpListenerMetrics {
+        let l = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        let bytes = |direction| {
+            self.tcp_bytes
+                .get_or_create(&TcpBytesLabels {
+                    listener: listener.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        TcpListenerMetrics {
+            active: self.tcp_active.get_or_create(&l).clone(),
+            to_upstream: bytes("to_upstream"),
+            to_client: bytes("to_client"),
+            duration: self.tcp_duration.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn tcp_closed(&self, listener: &str, result: &str) {
+        self.tcp_connections
+            .get_or_create(&TcpResultLabels {
+                listener: listener.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn tcp_connect_failed(&self, upstream: &str, reason: &str) {
+        self.tcp_connect_failures
+            .get_or_create(&ConnectFailureLabels {
+                upstream: upstream.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refused_handle(&self, listener: &str, reason: &'static str) -> Counter {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason,
+            })
+            .clone()
+    }
+
     pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
         let labels = EndpointLabels {
             upstream: upstream.to_string(),
@@ -479,4 +609,13 @@ pub struct EndpointMetrics {
     pub active: Gauge,
     pub opened: Counter,
     pub reused: Counter,
+}
+
+/// Per-TCP-listener handles: plain atomics while bytes move.
+#[derive(Clone, Debug)]
+pub struct TcpListenerMetrics {
+    pub active: Gauge,
+    pub to_upstream: Counter,
+    pub to_client: Counter,
+    pub duration: Histogram,
 }

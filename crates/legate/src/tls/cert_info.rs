@@ -96,3 +96,27 @@ impl CertInfo {
             .unwrap_or_else(|| self.subject.clone())
     }
 }
+
+/// RFC 5929 `tls-server-end-point` channel binding: the certificate hashed with its signature's
+/// hash algorithm (SHA-256 when that is MD5 or SHA-1). `None` for algorithms without one
+/// (Ed25519) or certificates that do not parse: the login then goes without binding.
+pub fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    let alg = match oid.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => &digest::SHA384,
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &digest::SHA512,
+        // sha256 RSA/ECDSA, RSASSA-PSS (SHA-256 in practice), and MD5/SHA-1 per RFC 5929
+        "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.3.2"
+        | "1.2.840.113549.1.1.10"
+        | "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.10045.4.1" => &digest::SHA256,
+        _ => return None,
+    };
+    Some(digest::digest(alg, der).as_ref().to_vec())
+}

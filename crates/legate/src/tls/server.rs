@@ -160,3 +160,63 @@ pub fn build(s: &ListenerTls) -> Result<(ServerConfig, CertInfo), TlsError> {
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok((config, leaf))
 }
+
+/// The TLS handshake of an inbound connection (HTTP or TCP listener), bounded by
+/// `handshake_timeout`. Failures are logged with the peer (and, for a certificate the allow list
+/// refused, its identity) and counted by reason, which is returned for the caller's own log.
+pub async fn accept<IO>(
+    tls: &ServerTls,
+    listener: &str,
+    metrics: &crate::telemetry::metrics::Metrics,
+    peer: Option<std::net::SocketAddr>,
+    stream: IO,
+) -> Result<tokio_rustls::server::TlsStream<IO>, &'static str>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use crate::telemetry::metrics::{ListenerLabels, TlsFailureLabels};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let failed = |reason: &str| {
+        metrics
+            .tls_handshake_failures
+            .get_or_create(&TlsFailureLabels {
+                listener: listener.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    };
+    match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Err(_) => {
+            failed("tls-handshake-timeout");
+            tracing::info!(listener, peer = ?peer, timeout = ?tls.handshake_timeout,
+                "TLS handshake not finished in time; closing");
+            Err("tls-handshake-timeout")
+        }
+        Ok(Err(e)) => {
+            let reason = super::failure::reason(&e);
+            failed(reason);
+            let detail =
+                super::failure::rustls_error(&e).map_or_else(|| e.to_string(), |r| r.to_string());
+            match super::failure::refused_identity(&e) {
+                Some(identity) => {
+                    tracing::warn!(listener, peer = ?peer, identity, reason,
+                    "client certificate refused: identity not in the allow list")
+                }
+                None => {
+                    tracing::warn!(listener, peer = ?peer, reason, error = %detail,
+                    "inbound TLS handshake failed")
+                }
+            }
+            Err(reason)
+        }
+        Ok(Ok(s)) => {
+            metrics
+                .tls_handshakes
+                .get_or_create(&ListenerLabels {
+                    listener: listener.to_string(),
+                })
+                .inc();
+            Ok(s)
+        }
+    }
+}

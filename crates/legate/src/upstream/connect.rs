@@ -29,6 +29,23 @@ pub enum Io {
     Openssl(Box<crate::tls::legacy::Stream>),
 }
 
+impl Io {
+    /// The server's certificate (DER), when the connection is TLS.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            Io::Plain(_) => None,
+            Io::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec()),
+            #[cfg(feature = "legacy-tls")]
+            Io::Openssl(s) => s.ssl().peer_certificate().and_then(|c| c.to_der().ok()),
+        }
+    }
+}
+
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -124,10 +141,42 @@ fn speaks_h2(protocol: UpstreamProtocol, alpn_h2: bool) -> bool {
     }
 }
 
+/// PostgreSQL's `SSLRequest` (length 8, code 1234.5679): the server answers one byte, `S` to go
+/// on with a TLS handshake or `N` for no TLS. `N` is an error here: a tunnel configured for TLS
+/// never falls back to plaintext.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+async fn postgres_ssl_request(
+    tcp: &mut TcpStream,
+    endpoint: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<(), UpstreamError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        tcp.write_all(&SSL_REQUEST).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        Ok::<u8, io::Error>(answer[0])
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout { endpoint, timeout }),
+        Ok(Err(e)) => Err(UpstreamError::Closed {
+            endpoint,
+            detail: format!("during SSLRequest: {e}"),
+        }),
+        Ok(Ok(b'S')) => Ok(()),
+        Ok(Ok(b'N')) => Err(UpstreamError::PostgresNoSsl { endpoint }),
+        Ok(Ok(answer)) => Err(UpstreamError::PostgresBadSslAnswer { endpoint, answer }),
+    }
+}
+
 /// Connects (TCP, then TLS when configured) and says whether to speak HTTP/2 on it.
 pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamError> {
     let endpoint = ep.addr;
-    let tcp = connect_tcp(up, ep).await?;
+    let mut tcp = connect_tcp(up, ep).await?;
+    if up.postgres_ssl {
+        postgres_ssl_request(&mut tcp, endpoint, up.connect_timeout).await?;
+    }
     let (io, h2) = match (
         &up.tls,
         up.targets

@@ -54,6 +54,10 @@ pub enum UpstreamError {
         reason: &'static str,
         detail: String,
     },
+    #[error("PostgreSQL at {endpoint} does not support SSL (it answered N to SSLRequest): turn `ssl = on` in the server, or remove `tls.mode: postgres`")]
+    PostgresNoSsl { endpoint: SocketAddr },
+    #[error("{endpoint} answered SSLRequest with {answer:#04x}, not S or N: is this a PostgreSQL server?")]
+    PostgresBadSslAnswer { endpoint: SocketAddr, answer: u8 },
     #[error("HTTP handshake with {endpoint} failed: {source}")]
     Handshake {
         endpoint: SocketAddr,
@@ -108,6 +112,10 @@ impl UpstreamError {
             }
             UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, "connect-failed"),
             UpstreamError::Tls { reason, .. } => (StatusCode::BAD_GATEWAY, reason),
+            UpstreamError::PostgresNoSsl { .. } => (StatusCode::BAD_GATEWAY, "tls-not-supported"),
+            UpstreamError::PostgresBadSslAnswer { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream-protocol-error")
+            }
             UpstreamError::Handshake { .. } => (StatusCode::BAD_GATEWAY, "upstream-handshake"),
             UpstreamError::Reset { .. } | UpstreamError::Closed { .. } => {
                 (StatusCode::BAD_GATEWAY, "upstream-reset")
@@ -136,6 +144,8 @@ impl UpstreamError {
             | UpstreamError::ConnectTimeout { endpoint, .. }
             | UpstreamError::Connect { endpoint, .. }
             | UpstreamError::Tls { endpoint, .. }
+            | UpstreamError::PostgresNoSsl { endpoint }
+            | UpstreamError::PostgresBadSslAnswer { endpoint, .. }
             | UpstreamError::Handshake { endpoint, .. }
             | UpstreamError::Reset { endpoint, .. }
             | UpstreamError::Closed { endpoint, .. }
@@ -153,6 +163,8 @@ impl UpstreamError {
             | UpstreamError::ConnectTimeout { .. }
             | UpstreamError::Connect { .. }
             | UpstreamError::Tls { .. }
+            | UpstreamError::PostgresNoSsl { .. }
+            | UpstreamError::PostgresBadSslAnswer { .. }
             | UpstreamError::Handshake { .. } => FailureKind::Connect,
             UpstreamError::Reset { source, .. } if is_refused_stream(source) => {
                 FailureKind::RefusedStream

@@ -9,6 +9,7 @@ pub mod error;
 pub mod h1;
 pub mod health;
 pub mod load;
+pub mod outcome;
 pub mod outlier;
 pub mod pool;
 
@@ -71,6 +72,13 @@ pub enum TlsOrigin {
     Openssl(Arc<crate::tls::legacy::LegacyTls>),
 }
 
+/// What an upstream carries: HTTP requests from routes, or a TCP listener's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    Http,
+    Tcp,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     pub max_idle_per_endpoint: usize,
@@ -83,6 +91,8 @@ pub struct Upstream {
     pub index: usize,
     pub name: UpstreamName,
     pub tls: Option<TlsOrigin>,
+    /// PostgreSQL's SSLRequest comes before the TLS handshake (`tls.mode: postgres`).
+    pub postgres_ssl: bool,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     pub pool: PoolSettings,
@@ -174,6 +184,15 @@ impl Upstream {
         cfg: &UpstreamConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BuildError> {
+        Self::build_for(index, cfg, metrics, Carries::Http)
+    }
+
+    pub fn build_for(
+        index: usize,
+        cfg: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        carries: Carries,
+    ) -> Result<Self, BuildError> {
         let invalid = |reason: String| BuildError::Invalid {
             upstream: cfg.name.clone(),
             reason,
@@ -217,10 +236,17 @@ impl Upstream {
             });
         }
         let tls = if tls {
-            let alpn: &[&[u8]] = match cfg.protocol {
-                UpstreamProtocol::Http1 => &[b"http/1.1"],
-                UpstreamProtocol::Http2 => &[b"h2"],
-                UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
+            let postgres = cfg
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == crate::config::TlsMode::Postgres);
+            // A tunnel offers no ALPN unless told to; PostgreSQL 17+ accepts only its own.
+            let alpn: &[&[u8]] = match (carries, cfg.protocol) {
+                (Carries::Tcp, _) if postgres => &[b"postgresql"],
+                (Carries::Tcp, _) => &[],
+                (Carries::Http, UpstreamProtocol::Http1) => &[b"http/1.1"],
+                (Carries::Http, UpstreamProtocol::Http2) => &[b"h2"],
+                (Carries::Http, UpstreamProtocol::Auto) => &[b"h2", b"http/1.1"],
             };
             let settings = cfg.tls.clone().unwrap_or_default();
             let tls_err = |source| BuildError::Tls {
@@ -234,8 +260,17 @@ impl Upstream {
         let up = Self {
             index,
             name: Arc::from(cfg.name.as_str()),
+            postgres_ssl: tls.is_some()
+                && cfg
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == crate::config::TlsMode::Postgres),
             tls,
-            protocol: cfg.protocol,
+            protocol: if carries == Carries::Tcp {
+                UpstreamProtocol::Http1
+            } else {
+                cfg.protocol
+            },
             connect_timeout: cfg.connect_timeout.get(),
             pool: PoolSettings {
                 max_idle_per_endpoint: cfg.pool.max_idle_per_endpoint,
