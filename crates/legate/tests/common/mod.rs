@@ -45,7 +45,11 @@ impl Legate {
             },
         )
         .expect("legate starts");
-        let addr = running.listeners[0].1;
+        // A config with only Unix listeners has no TCP address to offer.
+        let addr = running
+            .listeners
+            .first()
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |l| l.1);
         let admin = running.admin_addr;
         let l = Self {
             running: Some(running),
