@@ -171,7 +171,8 @@ fn checked(cfg: config::Config) -> anyhow::Result<config::Config> {
 }
 
 fn quick_tcp_config(a: &TcpArgs) -> anyhow::Result<config::Config> {
-    let listen = config::ListenOn::parse(&a.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let listen =
+        config::ListenOn::parse(&a.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
     let mode = match a.tls_mode.as_deref() {
         None | Some("direct") => config::TlsMode::Direct,
         Some("postgres") => config::TlsMode::Postgres,

@@ -24,7 +24,8 @@ fn legate(name: &str, args: &[&str], admin: u16) -> Proc {
     let mut p = Proc::spawn(name, &mut cmd).unwrap();
     wait_for(&format!("{name} ready"), Duration::from_secs(20), || {
         p.ensure_running();
-        let r = http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let r =
+            http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
         if r.status == 200 {
             Ok(())
         } else {
@@ -93,7 +94,10 @@ fn postgres_tls_mode_with_a_client_certificate() {
         "select ssl, client_dn from pg_stat_ssl where pid = pg_backend_pid()",
     )
     .unwrap_or_else(|e| panic!("psql through legate: {e}\n{}", lg.output_report()));
-    assert_eq!(out, "t|/CN=certuser", "the server saw TLS and our certificate");
+    assert_eq!(
+        out, "t|/CN=certuser",
+        "the server saw TLS and our certificate"
+    );
     // The same psql straight to the server without TLS is refused by the server.
     let direct = format!(
         "host=127.0.0.1 port={} user=certuser dbname=postgres sslmode=disable",
@@ -121,7 +125,10 @@ fn postgres_tls_mode_with_a_client_certificate() {
         "{m}"
     );
     let lines = tcp_log(&lg);
-    assert!(lines.iter().all(|l| l["close"] == "client-closed"), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l["close"] == "client-closed"),
+        "{lines:?}"
+    );
     assert!(lines
         .iter()
         .all(|l| l["endpoint"] == format!("127.0.0.1:{}", pg.port)));
@@ -168,8 +175,15 @@ upstreams:
     let tcp = format!("host=127.0.0.1 port={port} user=anyone dbname=postgres");
     let out = psql(&tcp, who).unwrap_or_else(|e| panic!("{e}\n{}", lg.output_report()));
     assert_eq!(out, "app|t");
-    let unix = format!("host={} port=5999 user=anyone dbname=postgres", sock_dir.display());
-    assert_eq!(psql(&unix, who).unwrap(), "app|t", "psql over the Unix socket");
+    let unix = format!(
+        "host={} port=5999 user=anyone dbname=postgres",
+        sock_dir.display()
+    );
+    assert_eq!(
+        psql(&unix, who).unwrap(),
+        "app|t",
+        "psql over the Unix socket"
+    );
     let err = psql(
         &format!(
             "host=127.0.0.1 port={} user=app dbname=postgres sslmode=disable",
@@ -182,12 +196,14 @@ upstreams:
 
     // A wrong password (a bad rotation): the app gets the server's own error.
     std::fs::write(&pw, "not-the-password\n").unwrap();
-    let err = wait_for("the wrong password in use", Duration::from_secs(10), || {
-        match psql(&tcp, "select 1") {
+    let err = wait_for(
+        "the wrong password in use",
+        Duration::from_secs(10),
+        || match psql(&tcp, "select 1") {
             Ok(_) => Err("still logged in".to_string()),
             Err(e) => Ok(e),
-        }
-    });
+        },
+    );
     assert!(
         err.contains("password authentication failed for user \"app\""),
         "{err}"
@@ -200,7 +216,10 @@ upstreams:
     let lines = tcp_log(&lg);
     assert!(
         lines.iter().any(|l| l["close"] == "auth-failed"
-            && l["error"].as_str().unwrap_or("").contains("password authentication failed")),
+            && l["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("password authentication failed")),
         "{lines:?}"
     );
     let m = metrics(admin);
@@ -278,8 +297,11 @@ upstreams:
     let lb = legate("legate B", &["run", "-c", s(&b)], b_admin);
     let la = legate("legate A", &["run", "-c", s(&a)], a_admin);
     let via = format!("host=127.0.0.1 port={a_port} user=certuser dbname=postgres");
-    let out = psql(&via, "select ssl from pg_stat_ssl where pid = pg_backend_pid()")
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", la.output_report(), lb.output_report()));
+    let out = psql(
+        &via,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", la.output_report(), lb.output_report()));
     assert_eq!(out, "t");
     pgbench_select("127.0.0.1", a_port, "certuser", 10);
 

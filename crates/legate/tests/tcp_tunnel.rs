@@ -95,7 +95,10 @@ async fn half_close_still_gets_the_whole_answer() {
     let mut expected = payload.clone();
     expected.reverse();
     assert_eq!(answer.len(), expected.len());
-    assert!(answer == expected, "answer differs from the reversed payload");
+    assert!(
+        answer == expected,
+        "answer differs from the reversed payload"
+    );
     let lines = wait_log(&legate, 1).await;
     let line = &lines[0];
     assert_eq!(line["close"], "client-closed", "{line}");
@@ -142,11 +145,7 @@ async fn server_speaks_first_without_waiting_for_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_and_lifetime_close_connections() {
     let up = greeting_upstream().await;
-    let legate = Legate::start(&tcp_config(
-        &up.to_string(),
-        "    idle_timeout: 300ms",
-        "",
-    ));
+    let legate = Legate::start(&tcp_config(&up.to_string(), "    idle_timeout: 300ms", ""));
     let mut c = TcpStream::connect(legate.addr).await.unwrap();
     let mut buf = vec![0u8; 64];
     let n = c.read(&mut buf).await.unwrap();
@@ -185,11 +184,7 @@ async fn idle_timeout_and_lifetime_close_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_refuses_and_reports_not_ready() {
     let up = greeting_upstream().await;
-    let legate = Legate::start(&tcp_config(
-        &up.to_string(),
-        "    max_connections: 2",
-        "",
-    ));
+    let legate = Legate::start(&tcp_config(&up.to_string(), "    max_connections: 2", ""));
     let admin = legate.admin.unwrap();
     let ready = || async {
         let r = get(admin, "/ready").await;
@@ -257,7 +252,10 @@ async fn a_failed_connect_tries_the_next_endpoint() {
         &["upstream=\"svc\"", "reason=\"connect-refused\""],
     )
     .unwrap_or(0.0);
-    assert!(refused >= 1.0, "the dead endpoint was tried and counted\n{m}");
+    assert!(
+        refused >= 1.0,
+        "the dead endpoint was tried and counted\n{m}"
+    );
 
     // Nothing to connect to: the client is closed at once, the log names the endpoint.
     let legate = Legate::start(&tcp_config(&dead.to_string(), "", ""));

@@ -36,7 +36,8 @@ fn start(name: &str, cfg: &std::path::Path, admin: u16) -> Proc {
     let mut p = Proc::spawn(name, &mut cmd).unwrap();
     wait_for(&format!("{name} ready"), Duration::from_secs(20), || {
         p.ensure_running();
-        let r = http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let r =
+            http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
         (r.status == 200)
             .then_some(())
             .ok_or(format!("status {}", r.status))
@@ -142,7 +143,9 @@ upstreams:
     };
     let mut c = TcpStream::connect(local(a_port)).unwrap();
     let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
-    let chunk_sum = chunk.iter().fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
+    let chunk_sum = chunk
+        .iter()
+        .fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
     let mut sent = 0u64;
     while sent < TOTAL {
         c.write_all(&chunk).unwrap();
@@ -158,7 +161,11 @@ upstreams:
     assert!(stalled.load(Ordering::SeqCst));
     assert_eq!(n, TOTAL, "every byte arrived");
     assert_eq!(sum, chunk_sum.wrapping_mul(TOTAL / chunk.len() as u64));
-    assert_eq!(answer, format!("{n} {sum}"), "the answer came back after the half-close");
+    assert_eq!(
+        answer,
+        format!("{n} {sum}"),
+        "the answer came back after the half-close"
+    );
     // Flat: a GiB moved, and neither process grew by more than a few buffers' worth.
     let grew = (peak.0.saturating_sub(base.0), peak.1.saturating_sub(base.1));
     assert!(

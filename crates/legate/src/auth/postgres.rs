@@ -53,8 +53,8 @@ impl PostgresCredentials {
         if user.is_empty() || user.contains('\0') {
             return Err("postgres: the user name is empty or holds a NUL".into());
         }
-        let password = read_secret(&self.password_file)
-            .map_err(|e| format!("postgres.password_file: {e}"))?;
+        let password =
+            read_secret(&self.password_file).map_err(|e| format!("postgres.password_file: {e}"))?;
         Ok(Credentials {
             user,
             password: password.into_bytes(),

@@ -164,12 +164,18 @@ mod tests {
         let yaml = super::super::to_yaml(&cfg);
         assert!(yaml.contains("mode: postgres"), "{yaml}");
         assert!(yaml.contains("unix:/tmp/x/.s.PGSQL.5432"), "{yaml}");
-        assert!(super::super::load_str("p", &yaml, |_| None).is_ok(), "{yaml}");
+        assert!(
+            super::super::load_str("p", &yaml, |_| None).is_ok(),
+            "{yaml}"
+        );
         let bad = QuickTcp {
             upstreams: vec!["http://x".into()],
             ..q
         };
-        assert!(matches!(build_tcp(&bad), Err(QuickTcpError::BadUpstream(_))));
+        assert!(matches!(
+            build_tcp(&bad),
+            Err(QuickTcpError::BadUpstream(_))
+        ));
     }
 
     fn q(upstreams: &[&str]) -> QuickHttp {

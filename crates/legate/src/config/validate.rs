@@ -369,10 +369,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             );
         }
         if l.socket_mode.is_some() && !matches!(l.listen, ListenOn::Unix(_)) {
-            issues.add(
-                format!("{base}.socket_mode"),
-                "only for `unix:` listeners",
-            );
+            issues.add(format!("{base}.socket_mode"), "only for `unix:` listeners");
         }
         if l.protocol == ListenerProtocol::Tcp {
             check_tcp_listener(&mut issues, &base, l, cfg, &mut tcp_upstreams);
@@ -383,7 +380,10 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
             ("connect_timeout", l.connect_timeout.is_some()),
             ("connect_attempts", l.connect_attempts.is_some()),
             ("idle_timeout", l.idle_timeout.is_some()),
-            ("max_connection_lifetime", l.max_connection_lifetime.is_some()),
+            (
+                "max_connection_lifetime",
+                l.max_connection_lifetime.is_some(),
+            ),
             ("allow_remote_target", l.allow_remote_target),
         ] {
             if set {

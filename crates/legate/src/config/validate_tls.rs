@@ -265,7 +265,11 @@ pub fn files(cfg: &Config) -> Vec<Issue> {
             if let Some(f) = &pg.user_file {
                 secret(&mut out, &format!("{base}.user_file"), f);
             }
-            secret(&mut out, &format!("{base}.password_file"), &pg.password_file);
+            secret(
+                &mut out,
+                &format!("{base}.password_file"),
+                &pg.password_file,
+            );
         }
         if let Some(auth) = &u.auth {
             let base = format!("upstreams[{i}].auth");

@@ -4,8 +4,8 @@
 
 use super::proxy::{self, ConnInfo, ListenerCtx};
 use crate::config::ListenerLimits;
-use crate::tls::server::ServerTls;
 use crate::listen::{ConnSlot, ConnTracker, Tracked};
+use crate::tls::server::ServerTls;
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -164,9 +164,10 @@ async fn handshake(
     stream: TcpStream,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
     let peer = stream.peer_addr().ok();
-    let s = crate::tls::server::accept(tls, &listener.obs.name, &listener.obs.metrics, peer, stream)
-        .await
-        .ok()?;
+    let s =
+        crate::tls::server::accept(tls, &listener.obs.name, &listener.obs.metrics, peer, stream)
+            .await
+            .ok()?;
     let xfcc = tls.xfcc(s.get_ref().1.peer_certificates());
     Some((s, ConnInfo { xfcc }))
 }

@@ -28,12 +28,10 @@ pub fn bind(what: &str, path: &Path, mode: u32) -> Result<UnixListener, BindErro
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(fail(
-                    io::Error::from(io::ErrorKind::AddrInUse),
-                    " (a running process is listening on this socket; stop it or choose another path)",
-                ))
-            }
+            Ok(_) => return Err(fail(
+                io::Error::from(io::ErrorKind::AddrInUse),
+                " (a running process is listening on this socket; stop it or choose another path)",
+            )),
             Err(_) => {
                 // Nobody answers: a socket left behind by a process that died.
                 tracing::info!(listener = what, path = %path.display(), "replacing a stale socket file");
@@ -58,9 +56,7 @@ pub fn bind(what: &str, path: &Path, mode: u32) -> Result<UnixListener, BindErro
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| fail(e, " (setting socket_mode)"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| fail(e, ""))?;
+    listener.set_nonblocking(true).map_err(|e| fail(e, ""))?;
     Ok(listener)
 }
 

@@ -21,13 +21,8 @@ pub struct Connected {
 }
 
 /// One log line per second per listener for failed connects; the metric counts every one.
+#[derive(Default)]
 pub struct ConnectLog(Throttle);
-
-impl Default for ConnectLog {
-    fn default() -> Self {
-        Self(Throttle::default())
-    }
-}
 
 pub async fn connect(
     ctx: &TcpListenerCtx,
@@ -63,14 +58,13 @@ pub async fn connect(
             None => None,
         };
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(ctx.connect_timeout, connect::dial(up, &ep)).await {
-                Ok(r) => r.map(|(io, _)| io),
-                Err(_) => Err(UpstreamError::ConnectTimeout {
-                    endpoint: ep.addr,
-                    timeout: ctx.connect_timeout,
-                }),
-            };
+        let result = match tokio::time::timeout(ctx.connect_timeout, connect::dial(up, &ep)).await {
+            Ok(r) => r.map(|(io, _)| io),
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                endpoint: ep.addr,
+                timeout: ctx.connect_timeout,
+            }),
+        };
         let now = Instant::now();
         let verdict = if result.is_ok() {
             Verdict::Success

@@ -99,8 +99,7 @@ async fn serve<S: Conn>(ctx: &TcpListenerCtx, stream: S, peer: Option<SocketAddr
     let ended = match &ctx.tls {
         None => run(ctx, stream, &peer_name).await,
         Some(tls) => {
-            match crate::tls::server::accept(tls, &ctx.name, &ctx.all_metrics, peer, stream).await
-            {
+            match crate::tls::server::accept(tls, &ctx.name, &ctx.all_metrics, peer, stream).await {
                 Ok(s) => run(ctx, s, &peer_name).await,
                 Err(reason) => Ended::early(reason, None),
             }

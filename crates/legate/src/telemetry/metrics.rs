@@ -371,9 +371,10 @@ impl Metrics {
         let tcp_active = Family::<ListenerLabels, Gauge>::default();
         let tcp_connections = Family::<TcpResultLabels, Counter>::default();
         let tcp_bytes = Family::<TcpBytesLabels, Counter>::default();
-        let tcp_duration = Family::<ListenerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            connection_duration_histogram as fn() -> Histogram,
-        );
+        let tcp_duration =
+            Family::<ListenerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                connection_duration_histogram as fn() -> Histogram,
+            );
         let tcp_connect_failures = Family::<ConnectFailureLabels, Counter>::default();
         let refused = Family::<RefusedLabels, Counter>::default();
         registry.register(

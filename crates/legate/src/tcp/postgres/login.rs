@@ -189,7 +189,8 @@ mod tests {
                 .unwrap();
             let mut head = [0u8; 5];
             server_side.read_exact(&mut head).await.unwrap();
-            let mut body = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+            let mut body =
+                vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
             server_side.read_exact(&mut body).await.unwrap();
             server_side
                 .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
@@ -197,7 +198,9 @@ mod tests {
                 .unwrap();
             (head[0], body)
         });
-        login(&mut legate_side, &mut app, &creds, None).await.unwrap();
+        login(&mut legate_side, &mut app, &creds, None)
+            .await
+            .unwrap();
         let (tag, body) = server.await.unwrap();
         assert_eq!(tag, b'p');
         let expected = postgres_protocol::authentication::md5_hash(b"u", b"p", [1, 2, 3, 4]);

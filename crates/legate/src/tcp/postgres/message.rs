@@ -71,7 +71,9 @@ pub fn error_message(body: &[u8]) -> String {
     let mut code = String::new();
     let mut message = String::new();
     for f in fields.by_ref() {
-        let Some((&t, v)) = f.split_first() else { break };
+        let Some((&t, v)) = f.split_first() else {
+            break;
+        };
         let v = String::from_utf8_lossy(v).into_owned();
         match t {
             b'V' => severity = v,

@@ -2,9 +2,7 @@
 //! local hop stays plaintext, so legate answers `N` and reads on. A CancelRequest (sent on a
 //! connection of its own) is carried to the server as it is.
 
-use super::message::{
-    CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP, PROTOCOL_MAJOR_3, SSL_REQUEST,
-};
+use super::message::{CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP, PROTOCOL_MAJOR_3, SSL_REQUEST};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +11,9 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
     #[error("startup packet length {0} is outside 8..{MAX_STARTUP}: not a PostgreSQL client?")]
     Length(usize),
-    #[error("protocol version {major}.{minor} is not supported (legate speaks PostgreSQL protocol 3)")]
+    #[error(
+        "protocol version {major}.{minor} is not supported (legate speaks PostgreSQL protocol 3)"
+    )]
     Version { major: u32, minor: u32 },
     #[error("malformed startup packet: {0}")]
     Malformed(&'static str),
@@ -88,7 +88,9 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, StartupError> {
         let end = rest
             .iter()
             .position(|b| *b == 0)
-            .ok_or(StartupError::Malformed("a parameter name is not terminated"))?;
+            .ok_or(StartupError::Malformed(
+                "a parameter name is not terminated",
+            ))?;
         if end == 0 {
             if rest.len() != 1 {
                 return Err(StartupError::Malformed("bytes after the final terminator"));
@@ -100,7 +102,9 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, StartupError> {
         let vend = rest
             .iter()
             .position(|b| *b == 0)
-            .ok_or(StartupError::Malformed("a parameter value is not terminated"))?;
+            .ok_or(StartupError::Malformed(
+                "a parameter value is not terminated",
+            ))?;
         params.push((key, rest[..vend].to_vec()));
         rest = &rest[vend + 1..];
     }
