@@ -117,6 +117,52 @@ fn postgres_tls_mode_with_a_client_certificate() {
     .unwrap_err();
     assert!(err.contains("certificate"), "{err}");
 
+    // A certificate the server does not trust: refused by the server, and legate says so.
+    let foreign = pki::Ca::new("foreign CA");
+    let (fc, fk) = foreign
+        .issue(pki::client(&[], "certuser"))
+        .write(dir.path(), "foreign");
+    let (f_port, f_admin) = (free_port(), free_port());
+    let f_listen = format!("127.0.0.1:{f_port}");
+    let f_admin_addr = format!("127.0.0.1:{f_admin}");
+    let lf = legate(
+        "legate foreign cert",
+        &[
+            "tcp",
+            "--listen",
+            &f_listen,
+            "--upstream",
+            &upstream,
+            "--tls-mode",
+            "postgres",
+            "--ca",
+            s(&pg.ca_file),
+            "--cert",
+            s(&fc),
+            "--key",
+            s(&fk),
+            "--server-name",
+            "localhost",
+            "--admin",
+            &f_admin_addr,
+        ],
+        f_admin,
+    );
+    let err = psql(
+        &format!("host=127.0.0.1 port={f_port} user=certuser dbname=postgres"),
+        "select 1",
+    )
+    .unwrap_err();
+    assert!(!err.is_empty());
+    wait_for("the refusal logged", Duration::from_secs(10), || {
+        let lines = tcp_log(&lf);
+        lines
+            .iter()
+            .any(|l| l["close"].as_str().unwrap_or("").starts_with("tls-"))
+            .then_some(())
+            .ok_or_else(|| format!("{lines:?}"))
+    });
+
     let report = pgbench_select("127.0.0.1", port, "certuser", 10);
     assert!(report.contains("tps = "), "{report}");
     let m = metrics(admin);
@@ -140,7 +186,7 @@ fn the_app_logs_in_without_a_password_tcp_and_unix_socket() {
     let dir = TempDir::new("pg-login");
     let pw = dir.write("password", format!("{APP_PASSWORD}\n"));
     let sock_dir = dir.path().join("cloudsql");
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin, md5_port, plain_port) = (free_port(), free_port(), free_port(), free_port());
     let config = format!(
         r#"
 admin: {{ listen: 127.0.0.1:{admin} }}
@@ -154,7 +200,23 @@ listeners:
     listen: unix:{sock}/.s.PGSQL.5999
     protocol: tcp
     upstream: pg
+  - name: md5
+    listen: 127.0.0.1:{md5_port}
+    protocol: tcp
+    upstream: pg-md5
+  - name: plain
+    listen: 127.0.0.1:{plain_port}
+    protocol: tcp
+    upstream: pg-plain
 upstreams:
+  - name: pg-md5
+    endpoints: [127.0.0.1:{pg_port}]
+    tls: {{ mode: postgres, ca: {ca}, server_name: localhost }}
+    postgres: {{ user: legacy_md5, password_file: {pw} }}
+  - name: pg-plain
+    endpoints: [127.0.0.1:{pg_port}]
+    tls: {{ mode: postgres, ca: {ca}, server_name: localhost }}
+    postgres: {{ user: legacy_plain, password_file: {pw} }}
   - name: pg
     endpoints: [127.0.0.1:{pg_port}]
     tls: {{ mode: postgres, ca: {ca}, server_name: localhost }}

@@ -127,7 +127,9 @@ impl Pg {
             data.join("pg_hba.conf"),
             "local all all trust\n\
              hostssl all certuser 127.0.0.1/32 cert\n\
-             hostssl all app 127.0.0.1/32 scram-sha-256\n",
+             hostssl all app 127.0.0.1/32 scram-sha-256\n\
+             hostssl all legacy_md5 127.0.0.1/32 md5\n\
+             hostssl all legacy_plain 127.0.0.1/32 password\n",
         )
         .unwrap();
         chown_r(&data);
@@ -156,6 +158,8 @@ impl Pg {
         });
         pg.psql_local(&format!(
             "create user certuser; create user app password '{APP_PASSWORD}'; \
+             set password_encryption = 'md5'; create user legacy_md5 password '{APP_PASSWORD}'; \
+             create user legacy_plain password '{APP_PASSWORD}'; \
              grant all on schema public to app, certuser;"
         ))
         .expect("create users");
