@@ -170,6 +170,8 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     let mut per_worker: Vec<Vec<Accepting>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     let mut unix_paths = Vec::new();
+    let mut pg_credentials: std::collections::HashMap<String, Arc<PostgresCredentials>> =
+        std::collections::HashMap::new();
     let access_log = AccessLog::new(cfg.access_log, opts.access_log_sink.clone());
     for l in &cfg.listeners {
         let what = format!("listener `{}`", l.name);
@@ -261,12 +263,17 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                     .and_then(|u| u.tls.as_ref())
                     .is_some_and(|t| t.mode == config::TlsMode::Postgres);
                 let credentials = match up_cfg.and_then(|u| u.postgres.as_ref()) {
+                    // Listeners sharing an upstream share its credentials (one reload each).
+                    Some(_) if pg_credentials.contains_key(up_name) => {
+                        pg_credentials.get(up_name).cloned()
+                    }
                     Some(p) => {
                         let c = PostgresCredentials::new(up_name, p).map_err(|e| {
                             StartError::Invalid(format!("upstream `{up_name}`: {e}"))
                         })?;
                         let c = Arc::new(c);
                         reloadables.push(c.clone());
+                        pg_credentials.insert(up_name.to_string(), c.clone());
                         Some(c)
                     }
                     None => None,

@@ -117,6 +117,22 @@ fn postgres_tls_mode_with_a_client_certificate() {
     .unwrap_err();
     assert!(err.contains("certificate"), "{err}");
 
+    // The app's own SCRAM login passes through too (legate drops the -PLUS offer the app
+    // cannot take on its plaintext hop), and so does a wrong password's error.
+    let own = format!(
+        "host=127.0.0.1 port={port} user=app dbname=postgres password={}",
+        pg::APP_PASSWORD
+    );
+    let out =
+        psql(&own, "select current_user").unwrap_or_else(|e| panic!("{e}\n{}", lg.output_report()));
+    assert_eq!(out, "app");
+    let err = psql(
+        &format!("host=127.0.0.1 port={port} user=app dbname=postgres password=wrong"),
+        "select 1",
+    )
+    .unwrap_err();
+    assert!(err.contains("password authentication failed"), "{err}");
+
     // A certificate the server does not trust: refused by the server, and legate says so.
     let foreign = pki::Ca::new("foreign CA");
     let (fc, fk) = foreign
@@ -171,8 +187,13 @@ fn postgres_tls_mode_with_a_client_certificate() {
         "{m}"
     );
     let lines = tcp_log(&lg);
+    // Every session ended by the app, but the one with the wrong password.
+    let auth_failed = lines.iter().filter(|l| l["close"] == "auth-failed").count();
+    assert_eq!(auth_failed, 1, "{lines:?}");
     assert!(
-        lines.iter().all(|l| l["close"] == "client-closed"),
+        lines
+            .iter()
+            .all(|l| l["close"] == "client-closed" || l["close"] == "auth-failed"),
         "{lines:?}"
     );
     assert!(lines

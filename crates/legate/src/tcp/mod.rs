@@ -215,37 +215,43 @@ async fn setup_postgres<C: Conn>(
             let user = credentials.as_ref().map(|c| c.user.as_str());
             upstream.write_all(&s.encode(user)).await.map_err(reset)?;
             upstream.flush().await.map_err(reset)?;
-            let Some(creds) = credentials else {
-                return Ok(());
-            };
             let binding = upstream
                 .peer_certificate()
                 .and_then(|der| crate::tls::cert_info::end_point_hash(&der));
-            let login = postgres::login::login(upstream, client, &creds, binding);
-            let failure = match tokio::time::timeout(ctx.connect_timeout, login).await {
+            let result = match &credentials {
+                Some(creds) => {
+                    let login = postgres::login::login(upstream, client, creds, binding);
+                    tokio::time::timeout(ctx.connect_timeout, login).await
+                }
+                // The app logs in itself; legate only adjusts the SASL offer (see `relay`).
+                // The wait is on the app (and bounded by the server's authentication_timeout).
+                None => {
+                    let relay = postgres::login::relay(upstream, client);
+                    tokio::time::timeout(ctx.idle_timeout, relay).await
+                }
+            };
+            let (reason, failure) = match result {
                 Ok(Ok(())) => return Ok(()),
                 // The server's ErrorResponse has reached the app already.
-                Ok(Err(LoginError::Refused(m))) => m,
+                Ok(Err(LoginError::Refused(m))) => ("auth-failed", m),
                 Ok(Err(e)) => {
                     let _ = client
                         .write_all(&error_response("28000", &format!("legate: {e}")))
                         .await;
-                    e.to_string()
+                    (e.reason(), e.to_string())
                 }
                 Err(_) => {
-                    let m = format!(
-                        "the server did not finish the login within {:?}",
-                        ctx.connect_timeout
-                    );
+                    let m = "the server did not finish the login in time".to_string();
                     let _ = client
                         .write_all(&error_response("08006", &format!("legate: {m}")))
                         .await;
-                    m
+                    ("auth-failed", m)
                 }
             };
+            let user = credentials.as_ref().map(|c| c.user.as_str());
             tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream.name, peer,
-                user = %creds.user, error = %failure, "PostgreSQL login on the app's behalf failed");
-            Err(Ended::early("auth-failed", Some(failure)))
+                user, reason, error = %failure, "PostgreSQL login failed");
+            Err(Ended::early(reason, Some(failure)))
         }
     }
 }

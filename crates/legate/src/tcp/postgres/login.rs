@@ -40,6 +40,20 @@ pub enum LoginError {
     Protocol(char),
 }
 
+impl LoginError {
+    /// The close reason: `tls-<reason>` when the server's TLS refused legate (TLS 1.3 reports a
+    /// refused client certificate only on the first read), `auth-failed` otherwise.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoginError::Io(e) => match crate::tls::failure::rustls_error(e) {
+                Some(r) => crate::tls::failure::reason_of(r),
+                None => "auth-failed",
+            },
+            _ => "auth-failed",
+        }
+    }
+}
+
 /// Which SCRAM flavour to use and with what channel binding: `-PLUS` when the server offers it
 /// and the TLS certificate gives a binding; otherwise plain SCRAM, telling the server whether
 /// legate could have bound (`n`) or believes the server cannot (`y`).
@@ -157,8 +171,90 @@ where
     }
 }
 
+/// The app's own login, carried through. One thing is changed: the server offers
+/// `SCRAM-SHA-256-PLUS` because its side is TLS, but the app's hop to legate is plaintext, and
+/// libpq refuses a `-PLUS` offer there ("server offered SCRAM-SHA-256-PLUS authentication over a
+/// non-SSL connection"). legate removes it from the offer; the app then uses SCRAM-SHA-256
+/// without binding (it says `n`, "client does not support binding", which the server accepts).
+/// Returns once the server says AuthenticationOk (or anything legate does not need to see).
+pub async fn relay<S, C>(server: &mut S, client: &mut C) -> Result<(), LoginError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let msg = read_backend(server).await?;
+        if msg.tag == b'E' {
+            client.write_all(&msg.raw).await?;
+            return Err(LoginError::Refused(error_message(msg.body())));
+        }
+        if msg.tag != b'R' {
+            // Notices and protocol negotiation pass; anything else means the login is over.
+            client.write_all(&msg.raw).await?;
+            if matches!(msg.tag, b'N' | b'v') {
+                continue;
+            }
+            return Ok(());
+        }
+        let code = msg
+            .body()
+            .first_chunk::<4>()
+            .map(|c| u32::from_be_bytes(*c))
+            .ok_or(LoginError::Protocol('R'))?;
+        match code {
+            10 => client.write_all(&without_plus(&msg.raw)).await?,
+            _ => client.write_all(&msg.raw).await?,
+        }
+        match code {
+            // The server waits for the app's answer: carry exactly one message back.
+            3 | 5 | 10 | 11 => {
+                let answer = read_backend(client).await?;
+                server.write_all(&answer.raw).await?;
+            }
+            12 => {}
+            // AuthenticationOk, or a method legate does not follow (GSS): copy from here on.
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// An AuthenticationSASL message with `SCRAM-SHA-256-PLUS` taken out of the mechanism list.
+fn without_plus(raw: &[u8]) -> Vec<u8> {
+    let list = &raw[9..];
+    let mut body: Vec<u8> = raw[5..9].to_vec();
+    for m in list.split(|b| *b == 0).filter(|m| !m.is_empty()) {
+        if m != SCRAM_SHA_256_PLUS.as_bytes() {
+            body.extend_from_slice(m);
+            body.push(0);
+        }
+    }
+    body.push(0);
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(b'R');
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plus_is_taken_out_of_the_offer() {
+        let mut body = 10u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let mut raw = vec![b'R'];
+        raw.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        raw.extend_from_slice(&body);
+        let out = super::without_plus(&raw);
+        let mut want = 10u32.to_be_bytes().to_vec();
+        want.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        assert_eq!(&out[5..], &want[..]);
+        assert_eq!(
+            u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
+            out.len() - 1
+        );
+    }
+
     use super::*;
 
     #[test]
