@@ -54,7 +54,12 @@ pub struct PostgresSide {
     pub credentials: Option<Arc<PostgresCredentials>>,
 }
 
-/// Serves one accepted connection in its own task.
+/// Serves one accepted connection: a setup task (TLS handshake, PostgreSQL startup, connect,
+/// login), then, once both ends are ready, a task that only carries bytes.
+///
+/// Two tasks because a task is as large as its future's largest state: the setup's states are
+/// transient, while the carrying state lives as long as the connection, mostly idle. The
+/// carrying task holds the two streams, the copy loop and a few words; nothing else.
 pub fn spawn<S>(
     ctx: Arc<TcpListenerCtx>,
     stream: S,
@@ -64,12 +69,39 @@ pub fn spawn<S>(
 ) where
     S: Conn + Send + 'static,
 {
-    let tracked = Tracked::new(tracker);
-    tokio::spawn(async move {
-        let _tracked = tracked;
-        let _slot = slot;
-        serve(&ctx, stream, peer).await;
-    });
+    let held = Held {
+        _tracked: Tracked::new(tracker),
+        _slot: slot,
+    };
+    ctx.metrics.active.inc();
+    let opened = Opened {
+        started: Instant::now(),
+        ts: SystemTime::now(),
+        peer,
+    };
+    tokio::spawn(setup(ctx, stream, opened, held));
+}
+
+/// What the connection holds for its whole life: its place in the drain count and under the
+/// listener's `max_connections`.
+struct Held {
+    _tracked: Tracked,
+    _slot: Option<ConnSlot>,
+}
+
+/// When and from where the connection came, for the line logged when it closes.
+#[derive(Clone, Copy)]
+struct Opened {
+    started: Instant,
+    ts: SystemTime,
+    peer: Option<SocketAddr>,
+}
+
+impl Opened {
+    fn peer_name(&self) -> String {
+        self.peer
+            .map_or_else(|| "unix".to_string(), |p| p.to_string())
+    }
 }
 
 /// How a connection ended, for the log line and the metrics.
@@ -91,28 +123,16 @@ impl Ended {
     }
 }
 
-async fn serve<S: Conn>(ctx: &TcpListenerCtx, stream: S, peer: Option<SocketAddr>) {
-    let started = Instant::now();
-    let ts = SystemTime::now();
-    ctx.metrics.active.inc();
-    let peer_name = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
-    let ended = match &ctx.tls {
-        None => run(ctx, stream, &peer_name).await,
-        Some(tls) => {
-            match crate::tls::server::accept(tls, &ctx.name, &ctx.all_metrics, peer, stream).await {
-                Ok(s) => run(ctx, s, &peer_name).await,
-                Err(reason) => Ended::early(reason, None),
-            }
-        }
-    };
+/// Metrics and the log line of a closed connection.
+fn finish(ctx: &TcpListenerCtx, opened: &Opened, ended: Ended) {
     ctx.metrics.active.dec();
-    let elapsed = started.elapsed();
+    let elapsed = opened.started.elapsed();
     ctx.metrics.duration.observe(elapsed.as_secs_f64());
     ctx.all_metrics.tcp_closed(&ctx.name, ended.result);
     ctx.log.write_tcp(&TcpEntry {
-        ts,
+        ts: opened.ts,
         listener: &ctx.name,
-        peer: &peer_name,
+        peer: &opened.peer_name(),
         upstream: &ctx.upstream.name,
         endpoint: ended.endpoint,
         duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -123,72 +143,119 @@ async fn serve<S: Conn>(ctx: &TcpListenerCtx, stream: S, peer: Option<SocketAddr
     });
 }
 
-async fn run<C: Conn>(ctx: &TcpListenerCtx, mut client: C, peer: &str) -> Ended {
+async fn setup<S>(ctx: Arc<TcpListenerCtx>, stream: S, opened: Opened, held: Held)
+where
+    S: Conn + Send + 'static,
+{
+    let peer = opened.peer_name();
+    let failed = match &ctx.tls {
+        None => match open(&ctx, stream, &peer).await {
+            Ok((client, up)) => {
+                tokio::spawn(carry(ctx.clone(), client, up, opened, held));
+                return;
+            }
+            Err(ended) => ended,
+        },
+        Some(tls) => {
+            match crate::tls::server::accept(tls, &ctx.name, &ctx.all_metrics, opened.peer, stream)
+                .await
+            {
+                Err(reason) => Ended::early(reason, None),
+                Ok(s) => match open(&ctx, s, &peer).await {
+                    Ok((client, up)) => {
+                        tokio::spawn(carry(ctx.clone(), client, up, opened, held));
+                        return;
+                    }
+                    Err(ended) => ended,
+                },
+            }
+        }
+    };
+    finish(&ctx, &opened, failed);
+}
+
+/// Carries bytes until the tunnel ends, then logs it.
+async fn carry<C: Conn>(
+    ctx: Arc<TcpListenerCtx>,
+    mut client: C,
+    up: connect::Connected,
+    opened: Opened,
+    _held: Held,
+) {
+    let connect::Connected {
+        io: mut upstream,
+        endpoint,
+        _permit,
+    } = up;
     let deadlines = Deadlines {
         idle: ctx.idle_timeout,
-        end_of_life: ctx.max_lifetime.map(|l| Instant::now() + l),
+        end_of_life: ctx.max_lifetime.map(|l| opened.started + l),
     };
+    endpoint.metrics.active.inc();
+    let (close, moved) = copy::tunnel(
+        &mut client,
+        &mut upstream,
+        deadlines,
+        &ctx.metrics.to_upstream,
+        &ctx.metrics.to_client,
+    )
+    .await;
+    endpoint.metrics.active.dec();
+    let error = match &close {
+        copy::Close::Reset { error, .. } => Some(error.to_string()),
+        _ => None,
+    };
+    let ended = Ended {
+        result: close.reason(),
+        endpoint: Some(endpoint.addr),
+        moved,
+        error,
+    };
+    finish(&ctx, &opened, ended);
+}
+
+/// Everything before bytes can be carried: the PostgreSQL startup (when the upstream is
+/// PostgreSQL-aware), the connect, and the login. Returns both ends ready.
+async fn open<C: Conn>(
+    ctx: &TcpListenerCtx,
+    mut client: C,
+    peer: &str,
+) -> Result<(C, connect::Connected), Ended> {
     let first = match &ctx.postgres {
         None => None,
         Some(_) => {
-            let read = tokio::time::timeout(ctx.idle_timeout, startup::read_first(&mut client));
-            match Box::pin(read).await {
-                Err(_) => return Ended::early("idle-timeout", None),
+            match tokio::time::timeout(ctx.idle_timeout, startup::read_first(&mut client)).await {
+                Err(_) => return Err(Ended::early("idle-timeout", None)),
                 Ok(Err(e)) => {
                     tracing::info!(listener = %ctx.name, peer, error = %e,
                         "closing a client that did not open a PostgreSQL session");
-                    return Ended::early("client-protocol-error", Some(e.to_string()));
+                    return Err(Ended::early("client-protocol-error", Some(e.to_string())));
                 }
                 Ok(Ok(f)) => Some(f),
             }
         }
     };
-    let connected = match Box::pin(connect::connect(ctx, peer)).await {
+    let mut connected = match connect::connect(ctx, peer).await {
         Ok(c) => c,
         Err((e, endpoint)) => {
             if let Some(First::Startup(_)) = first {
                 // The app speaks PostgreSQL: tell it why, in its own protocol.
                 let msg = error_response("08001", &format!("legate: {e}"));
-                let _ = Box::pin(client.write_all(&msg)).await;
+                let _ = client.write_all(&msg).await;
             }
-            return Ended {
+            return Err(Ended {
                 result: e.reply().1,
                 endpoint,
                 moved: Moved::default(),
                 error: Some(e.to_string()),
-            };
+            });
         }
     };
-    let endpoint = connected.endpoint.clone();
-    endpoint.metrics.active.inc();
-    let mut upstream = connected.io;
-    let setup = setup_postgres(ctx, first, &mut client, &mut upstream, peer);
-    let mut ended = match Box::pin(setup).await {
-        Err(ended) => ended,
-        Ok(()) => {
-            let (close, moved) = copy::tunnel(
-                &mut client,
-                &mut upstream,
-                deadlines,
-                &ctx.metrics.to_upstream,
-                &ctx.metrics.to_client,
-            )
-            .await;
-            let error = match &close {
-                copy::Close::Reset { error, .. } => Some(error.to_string()),
-                _ => None,
-            };
-            Ended {
-                result: close.reason(),
-                endpoint: None,
-                moved,
-                error,
-            }
-        }
-    };
-    endpoint.metrics.active.dec();
-    ended.endpoint = Some(endpoint.addr);
-    ended
+    if let Err(mut ended) = setup_postgres(ctx, first, &mut client, &mut connected.io, peer).await {
+        ended.endpoint = Some(connected.endpoint.addr);
+        return Err(ended);
+    }
+    Ok((client, connected))
 }
 
 /// Sends the app's first PostgreSQL message on, and logs in for the app when configured.
@@ -283,8 +350,67 @@ mod tests {
             };
             let f = super::copy::tunnel(&mut c, &mut upstream, deadlines, &counter, &counter);
             let n = size(&f);
-            eprintln!("tunnel future: {n} bytes");
+            drop(f);
+            eprintln!(
+                "tunnel future: {n} bytes (a Sleep: {}, a TcpStream: {}, Io: {})",
+                std::mem::size_of::<tokio::time::Sleep>(),
+                std::mem::size_of::<tokio::net::TcpStream>(),
+                std::mem::size_of::<crate::upstream::connect::Io>()
+            );
             assert!(n <= 512, "the copy loop's future grew to {n} bytes");
+
+            let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new());
+            let cfg =
+                crate::config::UpstreamConfig::with_endpoints("u", vec!["127.0.0.1:1".into()]);
+            let up = crate::upstream::Upstream::build_for(
+                0,
+                &cfg,
+                metrics.clone(),
+                crate::upstream::Carries::Tcp,
+            )
+            .unwrap();
+            let ctx = super::TcpListenerCtx {
+                name: "l".into(),
+                upstream: std::sync::Arc::new(up),
+                tls: None,
+                connect_timeout: std::time::Duration::from_secs(1),
+                connect_attempts: 1,
+                idle_timeout: std::time::Duration::from_secs(1),
+                max_lifetime: None,
+                postgres: None,
+                metrics: metrics.tcp_listener("l"),
+                all_metrics: metrics.clone(),
+                log: Default::default(),
+                connect_log: Default::default(),
+            };
+            let std_u = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let up_stream = tokio::net::TcpStream::connect(std_u.local_addr().unwrap())
+                .await
+                .unwrap();
+            let ep = ctx.upstream.endpoints()[0].clone();
+            let connected = super::connect::Connected {
+                io: crate::upstream::connect::Io::Plain(up_stream),
+                endpoint: ep,
+                _permit: ctx
+                    .upstream
+                    .limits
+                    .acquire(crate::upstream::breaker::Limit::Connections)
+                    .unwrap(),
+            };
+            let tracker = std::sync::Arc::new(crate::listen::ConnTracker::default());
+            let held = super::Held {
+                _tracked: crate::listen::Tracked::new(&tracker),
+                _slot: None,
+            };
+            let opened = super::Opened {
+                started: tokio::time::Instant::now(),
+                ts: std::time::SystemTime::now(),
+                peer: None,
+            };
+            let f = super::carry(std::sync::Arc::new(ctx), c, connected, opened, held);
+            let n = size(&f);
+            eprintln!("carrying task future: {n} bytes");
+            assert!(n <= 1024, "a connection's future grew to {n} bytes");
         });
     }
 }
