@@ -11,7 +11,7 @@
 use super::buffers::{self, Buf};
 use super::stream::Conn;
 use prometheus_client::metrics::counter::Counter;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -158,72 +158,109 @@ impl Half {
     }
 }
 
-/// Carries bytes until both directions end, a side fails, or a deadline passes.
-pub async fn tunnel<C: Conn, U: Conn>(
-    client: &mut C,
-    upstream: &mut U,
+/// Both directions of one tunnel, owning its two ends. A plain struct rather than an async
+/// fn: it lives as long as the connection, so its size is what an idle tunnel costs (the
+/// timer is boxed so the struct stays `Unpin` and small).
+pub struct Tunnel<C, U> {
+    client: C,
+    upstream: U,
+    up: Half,
+    down: Half,
+    /// Which side ended first, once one has.
+    first_eof_client: Option<bool>,
+    last: Instant,
     deadlines: Deadlines,
-    to_upstream: &Counter,
-    to_client: &Counter,
-) -> (Close, Moved) {
-    let mut up = Half::default();
-    let mut down = Half::default();
-    let mut first_eof_client: Option<bool> = None;
-    let mut last = Instant::now();
-    let next = |last: Instant| {
-        let idle = last + deadlines.idle;
-        deadlines.end_of_life.map_or(idle, |e| e.min(idle))
-    };
-    let timer = tokio::time::sleep_until(next(last));
-    tokio::pin!(timer);
-    let close = poll_fn(|cx| {
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<C: Conn, U: Conn> Tunnel<C, U> {
+    pub fn new(client: C, upstream: U, deadlines: Deadlines) -> Self {
+        let last = Instant::now();
+        Self {
+            client,
+            upstream,
+            up: Half::default(),
+            down: Half::default(),
+            first_eof_client: None,
+            last,
+            deadlines,
+            timer: Box::pin(tokio::time::sleep_until(deadlines.next(last))),
+        }
+    }
+
+    pub fn moved(&self) -> Moved {
+        Moved {
+            to_upstream: self.up.bytes,
+            to_client: self.down.bytes,
+        }
+    }
+
+    /// Carries bytes until both directions end, a side fails, or a deadline passes.
+    pub fn poll_carry(
+        &mut self,
+        cx: &mut Context<'_>,
+        to_upstream: &Counter,
+        to_client: &Counter,
+    ) -> Poll<Close> {
         let mut moved = false;
-        if !up.done() {
-            match up.poll(cx, client, upstream, &mut moved, to_upstream) {
+        if !self.up.done() {
+            match self.up.poll(
+                cx,
+                &mut self.client,
+                &mut self.upstream,
+                &mut moved,
+                to_upstream,
+            ) {
                 Poll::Ready(Err(Failed::Read(error))) => {
-                    upstream.abort();
+                    self.upstream.abort();
                     return Poll::Ready(Close::Reset {
                         by_client: true,
                         error,
                     });
                 }
                 Poll::Ready(Err(Failed::Write(error))) => {
-                    client.abort();
+                    self.client.abort();
                     return Poll::Ready(Close::Reset {
                         by_client: false,
                         error,
                     });
                 }
                 Poll::Ready(Ok(())) => {
-                    first_eof_client.get_or_insert(true);
+                    self.first_eof_client.get_or_insert(true);
                 }
                 Poll::Pending => {}
             }
         }
-        if !down.done() {
-            match down.poll(cx, upstream, client, &mut moved, to_client) {
+        if !self.down.done() {
+            match self.down.poll(
+                cx,
+                &mut self.upstream,
+                &mut self.client,
+                &mut moved,
+                to_client,
+            ) {
                 Poll::Ready(Err(Failed::Read(error))) => {
-                    client.abort();
+                    self.client.abort();
                     return Poll::Ready(Close::Reset {
                         by_client: false,
                         error,
                     });
                 }
                 Poll::Ready(Err(Failed::Write(error))) => {
-                    upstream.abort();
+                    self.upstream.abort();
                     return Poll::Ready(Close::Reset {
                         by_client: true,
                         error,
                     });
                 }
                 Poll::Ready(Ok(())) => {
-                    first_eof_client.get_or_insert(false);
+                    self.first_eof_client.get_or_insert(false);
                 }
                 Poll::Pending => {}
             }
         }
-        if up.done() && down.done() {
-            return Poll::Ready(if first_eof_client == Some(false) {
+        if self.up.done() && self.down.done() {
+            return Poll::Ready(if self.first_eof_client == Some(false) {
                 Close::UpstreamClosed
             } else {
                 Close::ClientClosed
@@ -232,26 +269,27 @@ pub async fn tunnel<C: Conn, U: Conn>(
         if moved {
             // The timer is not moved on every byte: when it fires, it is checked against the
             // last activity and set again if the tunnel was busy.
-            last = Instant::now();
+            self.last = Instant::now();
         }
         loop {
-            ready!(timer.as_mut().poll(cx));
+            ready!(self.timer.as_mut().poll(cx));
             let now = Instant::now();
-            if deadlines.end_of_life.is_some_and(|e| now >= e) {
+            if self.deadlines.end_of_life.is_some_and(|e| now >= e) {
                 return Poll::Ready(Close::Lifetime);
             }
-            if now >= last + deadlines.idle {
+            if now >= self.last + self.deadlines.idle {
                 return Poll::Ready(Close::IdleTimeout);
             }
-            timer.as_mut().reset(next(last));
+            let next = self.deadlines.next(self.last);
+            self.timer.as_mut().reset(next);
         }
-    })
-    .await;
-    (
-        close,
-        Moved {
-            to_upstream: up.bytes,
-            to_client: down.bytes,
-        },
-    )
+    }
+}
+
+impl Deadlines {
+    /// When the timer must look next: the idle deadline from `last`, or the end of life.
+    fn next(&self, last: Instant) -> Instant {
+        let idle = last + self.idle;
+        self.end_of_life.map_or(idle, |e| e.min(idle))
+    }
 }
