@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The OS error is part of the message (not a `source`), so it is said once.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({what}): {source}{hint}")]
+#[error("cannot listen on {addr} ({what}): {error}{hint}")]
 pub struct BindError {
     pub what: String,
     pub addr: String,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
     /// What to do about it, when legate can tell.
     pub hint: String,
 }
@@ -33,7 +34,7 @@ impl BindError {
         Self {
             what: what.to_string(),
             addr: addr.to_string(),
-            source,
+            error: source,
             hint: String::new(),
         }
     }

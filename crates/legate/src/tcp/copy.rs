@@ -83,6 +83,8 @@ struct Half {
     len: usize,
     eof: bool,
     shut: bool,
+    /// The last read filled its buffer: more is likely waiting, read it in a large one.
+    bulk: bool,
     bytes: u64,
 }
 
@@ -130,7 +132,7 @@ impl Half {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut buf = buffers::take();
+            let mut buf = buffers::take(self.bulk);
             let mut rb = ReadBuf::new(&mut buf);
             match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                 Poll::Pending => {
@@ -143,6 +145,7 @@ impl Half {
                 }
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
+                    self.bulk = n == buf.len();
                     if n == 0 {
                         buffers::give(buf);
                         self.eof = true;
