@@ -21,11 +21,11 @@ Subcommands (all on 127.0.0.1; progress lines on stdout, one JSON result line at
       client certificate signed by --client-ca if given). Prints "listening" once bound.
 
   clients --port P --connections N [--ca F --server-name S [--cert F --key F]]
-          [--stream-seconds S] [--parallel K]
+          [--stream-seconds S | --until-file F] [--parallel K]
       Opens N connections (K handshakes at a time, default 50), each sends "hello\\n" and
-      waits for "ok\\n". Then prints "holding <n>" and either stays idle until stdin reaches EOF
-      or is killed (default), or, with --stream-seconds, makes every connection send data as
-      fast as it is taken for S seconds ("streaming <n>" is printed first). With --ca it
+      waits for "ok\\n". Then prints "holding <n>" and stays idle until file F exists
+      (--until-file) or stdin reaches EOF (default); or, with --stream-seconds, makes every
+      connection send data as fast as it is taken for S seconds ("streaming <n>" first). With --ca it
       speaks TLS to the port (verifying S), with --cert/--key it presents a client cert.
       The final JSON line says how many were established and how many failed.
 """
@@ -33,6 +33,7 @@ Subcommands (all on 127.0.0.1; progress lines on stdout, one JSON result line at
 import argparse
 import asyncio
 import json
+import os
 import socket
 import ssl
 import struct
@@ -220,8 +221,12 @@ async def clients_main(a):
                                       return_exceptions=True)
         sent = sum(c for c in counts if isinstance(c, int))
         errors += [c for c in counts if isinstance(c, BaseException)]
+    elif a.until_file:
+        # Idle until the script creates the file.
+        while not os.path.exists(a.until_file):
+            await asyncio.sleep(0.1)
     else:
-        # Idle until the script closes our stdin.
+        # Idle until stdin reaches EOF.
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.read)
     for _, w in conns:
@@ -257,6 +262,7 @@ def main():
     s.add_argument("--cert")
     s.add_argument("--key")
     s.add_argument("--stream-seconds", type=float, default=0)
+    s.add_argument("--until-file")
     a = p.parse_args()
     return {"sink": cmd_sink, "source": cmd_source, "hold": cmd_hold,
             "clients": cmd_clients}[a.cmd](a) or 0
