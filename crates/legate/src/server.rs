@@ -204,6 +204,14 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         let tls = match &l.tls {
             Some(t) => {
                 let tls_name = format!("listener:{}", l.name);
+                // A tunnel carries no HTTP: it offers no ALPN protocol unless told to.
+                let t = &match (l.protocol, &t.alpn) {
+                    (ListenerProtocol::Tcp, None) => config::ListenerTls {
+                        alpn: Some(Vec::new()),
+                        ..t.clone()
+                    },
+                    _ => t.clone(),
+                };
                 let (server, leaf) =
                     ServerTls::new(tls_name, t).map_err(|source| StartError::Tls {
                         what: what.clone(),

@@ -406,7 +406,7 @@ listeners:
     listen: 127.0.0.1:6001
     protocol: tcp
     upstream: remote
-    tls: { cert: /c, key: /k }
+    tls: { cert: /c, key: /k, forward_client_cert: x-forwarded-client-cert }
     socket_mode: "0660"
 upstreams:
   - name: pg
@@ -426,6 +426,7 @@ upstreams:
         "listeners[1].upstream: a TCP listener needs `upstream:`",
         "listeners[2].upstream: this listener terminates TLS and forwards to `remote` at db.internal:5432, which is not loopback",
         "listeners[2].socket_mode: only for `unix:` listeners",
+        "listeners[2].tls.forward_client_cert: a TCP listener has no headers",
         "upstreams[0].postgres: only for an upstream of a `protocol: tcp` listener",
         "upstreams[0].postgres: name the database user",
         "upstreams[1].auth: HTTP credentials mean nothing on a TCP tunnel",

@@ -593,6 +593,15 @@ fn check_tcp_listener<'a>(
         return;
     };
     tcp_upstreams.insert(name.as_str(), format!("{base}.upstream"));
+    if l.tls
+        .as_ref()
+        .is_some_and(|t| t.forward_client_cert.is_some())
+    {
+        issues.add(
+            format!("{base}.tls.forward_client_cert"),
+            "a TCP listener has no headers to forward the client certificate in",
+        );
+    }
     if let Some(t) = l.connect_timeout {
         issues.positive(format!("{base}.connect_timeout"), t.get());
     }
