@@ -147,3 +147,35 @@ cleanup() {
     fi
     exit "$rc"
 }
+
+# bench_pki DIR SERVER_NAME CA_NAME: a CA, a server certificate for SERVER_NAME (and
+# 127.0.0.1) and a client certificate (CN=client, SPIFFE URI SAN), all EC P-256, in DIR as
+# ca.pem, server.pem/.key, client.pem/.key. openssl's output goes to DIR/openssl.log; returns
+# non-zero if openssl failed.
+bench_pki() {
+    local pki=$1 server=$2 ca_name=$3 leaf subj
+    mkdir -p "$pki"
+    chmod 755 "$pki"
+    printf '%s\n' "basicConstraints = critical, CA:TRUE" "keyUsage = critical, keyCertSign, cRLSign" \
+        "subjectKeyIdentifier = hash" >"$pki/ca.ext"
+    printf '%s\n' "basicConstraints = critical, CA:FALSE" "keyUsage = critical, digitalSignature" \
+        "extendedKeyUsage = serverAuth" "subjectAltName = DNS:$server, IP:127.0.0.1" \
+        "authorityKeyIdentifier = keyid" >"$pki/server.ext"
+    printf '%s\n' "basicConstraints = critical, CA:FALSE" "keyUsage = critical, digitalSignature" \
+        "extendedKeyUsage = clientAuth" "subjectAltName = URI:spiffe://test/ns/default/sa/client" \
+        "authorityKeyIdentifier = keyid" >"$pki/client.ext"
+    {
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/ca.key"
+        openssl req -new -key "$pki/ca.key" -subj "/CN=$ca_name" -out "$pki/ca.csr"
+        openssl x509 -req -in "$pki/ca.csr" -signkey "$pki/ca.key" -days 2 -sha256 \
+            -extfile "$pki/ca.ext" -out "$pki/ca.pem"
+        for leaf in server client; do
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pki/$leaf.key"
+            if [[ $leaf == server ]]; then subj="/CN=$server"; else subj="/CN=client"; fi
+            openssl req -new -key "$pki/$leaf.key" -subj "$subj" -out "$pki/$leaf.csr"
+            openssl x509 -req -in "$pki/$leaf.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+                -CAcreateserial -days 2 -sha256 -extfile "$pki/$leaf.ext" -out "$pki/$leaf.pem"
+            openssl verify -CAfile "$pki/ca.pem" "$pki/$leaf.pem"
+        done
+    } >"$pki/openssl.log" 2>&1
+}

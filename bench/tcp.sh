@@ -336,43 +336,8 @@ order_for() {
 # CA, server certificate (CN/SAN DNS:localhost, IP:127.0.0.1) and client certificate
 # (CN=client), all EC P-256 and signed by the CA.
 pki=$work/pki
-mkdir -p "$pki"
-chmod 755 "$pki"
-gen_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-cat >"$pki/ca.ext" <<'EOF'
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-EOF
-cat >"$pki/server.ext" <<'EOF'
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-authorityKeyIdentifier = keyid
-EOF
-cat >"$pki/client.ext" <<'EOF'
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = clientAuth
-subjectAltName = URI:spiffe://test/ns/default/sa/client
-authorityKeyIdentifier = keyid
-EOF
-{
-    gen_key "$pki/ca.key"
-    openssl req -new -key "$pki/ca.key" -subj "/CN=legate tcp bench CA" -out "$pki/ca.csr"
-    openssl x509 -req -in "$pki/ca.csr" -signkey "$pki/ca.key" -days 2 -sha256 \
-        -extfile "$pki/ca.ext" -out "$pki/ca.pem"
-    for leaf in server client; do
-        gen_key "$pki/$leaf.key"
-        if [[ $leaf == server ]]; then subj="/CN=localhost"; else subj="/CN=client"; fi
-        openssl req -new -key "$pki/$leaf.key" -subj "$subj" -out "$pki/$leaf.csr"
-        openssl x509 -req -in "$pki/$leaf.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
-            -CAcreateserial -days 2 -sha256 -extfile "$pki/$leaf.ext" -out "$pki/$leaf.pem"
-        openssl verify -CAfile "$pki/ca.pem" "$pki/$leaf.pem"
-    done
-} >"$work/openssl.log" 2>&1 || {
-    tail_log "$work/openssl.log"
+bench_pki "$pki" "localhost" "legate tcp bench CA" || {
+    tail_log "$pki/openssl.log"
     die "creating certificates with openssl failed"
 }
 chmod 644 "$pki"/*
