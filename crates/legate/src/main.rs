@@ -73,24 +73,8 @@ struct HttpArgs {
     /// Whole-request timeout for the route (default 15s).
     #[arg(long)]
     timeout: Option<String>,
-    /// CA bundle (PEM file or directory) to verify the https:// upstream; default: system roots.
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mTLS to the upstream; needs --key.
-    #[arg(long, value_name = "FILE")]
-    cert: Option<PathBuf>,
-    /// Client private key (PEM) for --cert.
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// Client certificate and key in one PKCS#12 file.
-    #[arg(long, value_name = "FILE")]
-    pkcs12: Option<PathBuf>,
-    /// File holding the --pkcs12 password.
-    #[arg(long, value_name = "FILE", requires = "pkcs12")]
-    pkcs12_password_file: Option<PathBuf>,
-    /// Name to send as SNI and verify the upstream certificate against.
-    #[arg(long, value_name = "NAME")]
-    server_name: Option<String>,
+    #[command(flatten)]
+    tls: TlsFlags,
     /// Print the equivalent YAML config and exit.
     #[arg(long)]
     print_config: bool,
@@ -110,10 +94,29 @@ struct TcpArgs {
     /// `postgres`: PostgreSQL's SSLRequest, then TLS (implies --tls); `direct`: plain TLS.
     #[arg(long, value_name = "MODE")]
     tls_mode: Option<String>,
+    #[command(flatten)]
+    tls_flags: TlsFlags,
+    /// Admin address, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Connection log: `json` or `off`.
+    #[arg(long, default_value = "json")]
+    access_log: String,
+    /// Worker threads (default: the CPUs this container may use).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Print the equivalent YAML config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// The upstream TLS flags of both quick modes.
+#[derive(Args)]
+struct TlsFlags {
     /// CA bundle (PEM file or directory) to verify the upstream; default: system roots.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mTLS; needs --key.
+    /// Client certificate (PEM) for mTLS to the upstream; needs --key.
     #[arg(long, value_name = "FILE")]
     cert: Option<PathBuf>,
     /// Client private key (PEM) for --cert.
@@ -128,18 +131,22 @@ struct TcpArgs {
     /// Name to send as SNI and verify the upstream certificate against.
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// Admin address, or `off`.
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: String,
-    /// Connection log: `json` or `off`.
-    #[arg(long, default_value = "json")]
-    access_log: String,
-    /// Worker threads (default: the CPUs this container may use).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Print the equivalent YAML config and exit.
-    #[arg(long)]
-    print_config: bool,
+}
+
+impl TlsFlags {
+    fn settings(&self) -> config::UpstreamTls {
+        config::UpstreamTls {
+            server_name: self.server_name.clone(),
+            ca: self.ca.clone(),
+            client_cert: self.cert.clone(),
+            client_key: self.key.clone(),
+            pkcs12: self.pkcs12.clone().map(|file| config::Pkcs12 {
+                file,
+                password_file: self.pkcs12_password_file.clone(),
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 fn admin_flag(admin: &str) -> anyhow::Result<AdminListen> {
@@ -179,16 +186,8 @@ fn quick_tcp_config(a: &TcpArgs) -> anyhow::Result<config::Config> {
         Some(other) => anyhow::bail!("--tls-mode: `{other}` is not `direct` or `postgres`"),
     };
     let settings = config::UpstreamTls {
-        server_name: a.server_name.clone(),
-        ca: a.ca.clone(),
-        client_cert: a.cert.clone(),
-        client_key: a.key.clone(),
-        pkcs12: a.pkcs12.clone().map(|file| config::Pkcs12 {
-            file,
-            password_file: a.pkcs12_password_file.clone(),
-        }),
         mode,
-        ..Default::default()
+        ..a.tls_flags.settings()
     };
     let tls = if a.tls || a.tls_mode.is_some() {
         Some(settings)
@@ -238,17 +237,7 @@ fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
         access_log,
         workers: a.workers,
         timeout,
-        tls: config::UpstreamTls {
-            server_name: a.server_name.clone(),
-            ca: a.ca.clone(),
-            client_cert: a.cert.clone(),
-            client_key: a.key.clone(),
-            pkcs12: a.pkcs12.clone().map(|file| config::Pkcs12 {
-                file,
-                password_file: a.pkcs12_password_file.clone(),
-            }),
-            ..Default::default()
-        },
+        tls: a.tls.settings(),
     })?;
     checked(cfg)
 }

@@ -78,21 +78,17 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
     } else if q.tls != UpstreamTls::default() {
         return Err(QuickError::TlsFlagsWithoutHttps);
     }
-    Ok(Config {
-        admin: AdminConfig {
-            listen: q.admin,
-            ready_requires_healthy_upstreams: false,
-        },
-        runtime: RuntimeConfig { workers: q.workers },
-        access_log: q.access_log,
-        shutdown: ShutdownConfig::default(),
-        files: FilesConfig::default(),
-        listeners: vec![ListenerConfig {
-            routes: vec![route],
-            ..ListenerConfig::new("app", ListenOn::Tcp(q.listen), ListenerProtocol::Http)
-        }],
-        upstreams: vec![upstream],
-    })
+    let listener = ListenerConfig {
+        routes: vec![route],
+        ..ListenerConfig::new("app", ListenOn::Tcp(q.listen), ListenerProtocol::Http)
+    };
+    Ok(one_to_one(
+        q.admin,
+        q.workers,
+        q.access_log,
+        listener,
+        upstream,
+    ))
 }
 
 /// The flags of `legate tcp`, already split.
@@ -125,21 +121,39 @@ pub fn build_tcp(q: &QuickTcp) -> Result<Config, QuickTcpError> {
     }
     let mut upstream = UpstreamConfig::with_endpoints("upstream", q.upstreams.clone());
     upstream.tls = q.tls.clone();
-    Ok(Config {
+    let listener = ListenerConfig {
+        upstream: Some("upstream".into()),
+        ..ListenerConfig::new("app", q.listen.clone(), ListenerProtocol::Tcp)
+    };
+    Ok(one_to_one(
+        q.admin,
+        q.workers,
+        q.access_log,
+        listener,
+        upstream,
+    ))
+}
+
+/// The config of both quick modes: one listener, one upstream, defaults elsewhere.
+fn one_to_one(
+    admin: AdminListen,
+    workers: Option<usize>,
+    access_log: AccessLogMode,
+    listener: ListenerConfig,
+    upstream: UpstreamConfig,
+) -> Config {
+    Config {
         admin: AdminConfig {
-            listen: q.admin,
+            listen: admin,
             ready_requires_healthy_upstreams: false,
         },
-        runtime: RuntimeConfig { workers: q.workers },
-        access_log: q.access_log,
+        runtime: RuntimeConfig { workers },
+        access_log,
         shutdown: ShutdownConfig::default(),
         files: FilesConfig::default(),
-        listeners: vec![ListenerConfig {
-            upstream: Some("upstream".into()),
-            ..ListenerConfig::new("app", q.listen.clone(), ListenerProtocol::Tcp)
-        }],
+        listeners: vec![listener],
         upstreams: vec![upstream],
-    })
+    }
 }
 
 #[cfg(test)]

@@ -90,40 +90,26 @@ impl Entry<'_> {
         let mut s = String::with_capacity(320);
         s.push_str("{\"ts\":\"");
         write_rfc3339(&mut s, self.ts);
-        s.push_str("\",\"type\":\"access\",\"request_id\":");
-        json_str(&mut s, self.request_id);
-        s.push_str(",\"listener\":");
-        json_str(&mut s, self.listener);
-        s.push_str(",\"route\":");
-        json_str(&mut s, self.route);
-        s.push_str(",\"method\":");
-        json_str(&mut s, self.method);
-        s.push_str(",\"path\":");
-        json_str(&mut s, self.path);
-        s.push_str(",\"protocol\":");
-        json_str(&mut s, self.protocol);
+        s.push_str("\",\"type\":\"access\"");
+        field(&mut s, "request_id", self.request_id);
+        field(&mut s, "listener", self.listener);
+        field(&mut s, "route", self.route);
+        field(&mut s, "method", self.method);
+        field(&mut s, "path", self.path);
+        field(&mut s, "protocol", self.protocol);
         let _ = write!(
             s,
-            ",\"status\":{},\"duration_ms\":{:.3},\"upstream\":",
+            ",\"status\":{},\"duration_ms\":{:.3}",
             self.status, self.duration_ms
         );
-        json_str(&mut s, self.upstream);
-        s.push_str(",\"endpoint\":");
-        match self.endpoint {
-            Some(ep) => {
-                let _ = write!(s, "\"{ep}\"");
-            }
-            None => s.push_str("null"),
-        }
+        field(&mut s, "upstream", self.upstream);
+        field_addr(&mut s, "endpoint", self.endpoint);
         let _ = write!(
             s,
-            ",\"bytes_in\":{},\"bytes_out\":{},\"attempts\":{},\"error\":",
+            ",\"bytes_in\":{},\"bytes_out\":{},\"attempts\":{}",
             self.bytes_in, self.bytes_out, self.attempts
         );
-        match self.error {
-            Some(e) => json_str(&mut s, e),
-            None => s.push_str("null"),
-        }
+        field_opt(&mut s, "error", self.error);
         if self.aborted {
             s.push_str(",\"aborted\":true");
         }
@@ -157,32 +143,49 @@ impl TcpEntry<'_> {
         let mut s = String::with_capacity(256);
         s.push_str("{\"ts\":\"");
         write_rfc3339(&mut s, self.ts);
-        s.push_str("\",\"type\":\"tcp\",\"listener\":");
-        json_str(&mut s, self.listener);
-        s.push_str(",\"peer\":");
-        json_str(&mut s, self.peer);
-        s.push_str(",\"upstream\":");
-        json_str(&mut s, self.upstream);
-        s.push_str(",\"endpoint\":");
-        match self.endpoint {
-            Some(ep) => {
-                let _ = write!(s, "\"{ep}\"");
-            }
-            None => s.push_str("null"),
-        }
+        s.push_str("\",\"type\":\"tcp\"");
+        field(&mut s, "listener", self.listener);
+        field(&mut s, "peer", self.peer);
+        field(&mut s, "upstream", self.upstream);
+        field_addr(&mut s, "endpoint", self.endpoint);
         let _ = write!(
             s,
-            ",\"duration_ms\":{:.3},\"bytes_to_upstream\":{},\"bytes_to_client\":{},\"close\":",
+            ",\"duration_ms\":{:.3},\"bytes_to_upstream\":{},\"bytes_to_client\":{}",
             self.duration_ms, self.bytes_to_upstream, self.bytes_to_client
         );
-        json_str(&mut s, self.close);
-        s.push_str(",\"error\":");
-        match self.error {
-            Some(e) => json_str(&mut s, e),
-            None => s.push_str("null"),
-        }
+        field(&mut s, "close", self.close);
+        field_opt(&mut s, "error", self.error);
         s.push_str("}\n");
         s
+    }
+}
+
+/// `,"key":"value"` with the value escaped.
+fn field(out: &mut String, key: &str, v: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    json_str(out, v);
+}
+
+/// `,"key":"addr"` or `,"key":null`.
+fn field_addr(out: &mut String, key: &str, v: Option<std::net::SocketAddr>) {
+    let _ = write!(out, ",\"{key}\":");
+    match v {
+        Some(a) => {
+            let _ = write!(out, "\"{a}\"");
+        }
+        None => out.push_str("null"),
+    }
+}
+
+/// `,"key":"value"` or `,"key":null`.
+fn field_opt(out: &mut String, key: &str, v: Option<&str>) {
+    match v {
+        Some(v) => field(out, key, v),
+        None => {
+            let _ = write!(out, ",\"{key}\":null");
+        }
     }
 }
 
@@ -246,6 +249,27 @@ mod tests {
         s.clear();
         write_rfc3339(&mut s, UNIX_EPOCH);
         assert_eq!(s, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn tcp_line_is_valid_json() {
+        let e = TcpEntry {
+            ts: UNIX_EPOCH,
+            listener: "db",
+            peer: "unix",
+            upstream: "pg",
+            endpoint: None,
+            duration_ms: 2.0,
+            bytes_to_upstream: 7,
+            bytes_to_client: 9,
+            close: "auth-failed",
+            error: Some("FATAL 28P01: password \"x\""),
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["type"], "tcp");
+        assert_eq!(v["endpoint"], serde_json::Value::Null);
+        assert_eq!(v["bytes_to_client"], 9);
+        assert_eq!(v["error"], "FATAL 28P01: password \"x\"");
     }
 
     #[test]
