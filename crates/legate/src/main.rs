@@ -31,6 +31,27 @@ enum Command {
         /// Worker threads (overrides `runtime.workers`).
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        exit: ExitFlags,
+    },
+    /// Wait until a legate is ready (or a TCP port accepts), for an app's entrypoint:
+    /// `legate wait && exec app`. Exits 0 when ready, 1 on timeout.
+    Wait {
+        /// The legate admin address whose /ready to poll.
+        #[arg(long, default_value = "127.0.0.1:9901", conflicts_with = "tcp")]
+        admin: String,
+        /// Wait for this TCP address to accept a connection instead.
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Ask a running legate to drain and exit (POST /quitquitquit): a preStop hook, the end of
+    /// a batch script.
+    Shutdown {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
     },
     /// Validate a config file: every problem as FILE:LINE:COL: path: message.
     Check {
@@ -48,6 +69,28 @@ enum Command {
     Tcp(Box<TcpArgs>),
     /// The embedded demo: a flaky upstream, legate in front, and the naive client.
     Demo(legate::demo::DemoArgs),
+}
+
+/// Ending with the main work (Jobs without native sidecars); override the config's `shutdown:`.
+#[derive(Args)]
+struct ExitFlags {
+    /// Drain and exit when this file appears.
+    #[arg(long, value_name = "PATH")]
+    exit_when_file: Option<PathBuf>,
+    /// Drain and exit when this process (a name or a PID) ends.
+    #[arg(long, value_name = "NAME|PID")]
+    exit_with_process: Option<String>,
+}
+
+impl ExitFlags {
+    fn apply(&self, cfg: &mut config::Config) {
+        if self.exit_when_file.is_some() {
+            cfg.shutdown.exit_when_file = self.exit_when_file.clone();
+        }
+        if self.exit_with_process.is_some() {
+            cfg.shutdown.exit_with_process = self.exit_with_process.clone();
+        }
+    }
 }
 
 #[derive(Args)]
@@ -75,6 +118,8 @@ struct HttpArgs {
     timeout: Option<String>,
     #[command(flatten)]
     tls: TlsFlags,
+    #[command(flatten)]
+    exit: ExitFlags,
     /// Print the equivalent YAML config and exit.
     #[arg(long)]
     print_config: bool,
@@ -105,6 +150,8 @@ struct TcpArgs {
     /// Worker threads (default: the CPUs this container may use).
     #[arg(long)]
     workers: Option<usize>,
+    #[command(flatten)]
+    exit: ExitFlags,
     /// Print the equivalent YAML config and exit.
     #[arg(long)]
     print_config: bool,
@@ -242,7 +289,7 @@ fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
     checked(cfg)
 }
 
-fn run(cfg: config::Config) -> anyhow::Result<()> {
+fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
     let running = server::start(
         cfg,
         Options {
@@ -251,9 +298,34 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         },
     )
     .context("cannot start legate")?;
-    running.wait();
-    tracing::info!("stopped");
-    Ok(())
+    let code = running.wait();
+    tracing::info!(exit_code = code, "stopped");
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn addr_flag(flag: &str, v: &str) -> anyhow::Result<std::net::SocketAddr> {
+    ListenAddr::parse(v)
+        .map(|a| a.0)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+fn wait(admin: &str, tcp: Option<&str>, timeout: &str) -> anyhow::Result<ExitCode> {
+    use legate::lifecycle::probe::{self, Target};
+    let timeout =
+        config::duration::parse_duration(timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let target = match tcp {
+        Some(t) => Target::Tcp(addr_flag("--tcp", t)?),
+        None => Target::Admin(addr_flag("--admin", admin)?),
+    };
+    let took = probe::wait(target, timeout)?;
+    eprintln!("legate wait: ready after {took:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shutdown(admin: &str) -> anyhow::Result<ExitCode> {
+    let body = legate::lifecycle::probe::quit(addr_flag("--admin", admin)?)?;
+    eprintln!("legate shutdown: {body}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -286,46 +358,59 @@ fn main() -> ExitCode {
             };
         }
         Command::Http(args) => match quick_config(&args) {
-            Ok(cfg) if args.print_config => {
-                print!("{}", config::to_yaml(&cfg));
-                return ExitCode::SUCCESS;
-            }
-            Ok(cfg) => {
+            Ok(mut cfg) => {
+                args.exit.apply(&mut cfg);
+                if args.print_config {
+                    print!("{}", config::to_yaml(&cfg));
+                    return ExitCode::SUCCESS;
+                }
                 legate::telemetry::logging::init(cli.log_level.as_deref());
                 run(cfg)
             }
             Err(e) => Err(e),
         },
         Command::Tcp(args) => match quick_tcp_config(&args) {
-            Ok(cfg) if args.print_config => {
-                print!("{}", config::to_yaml(&cfg));
-                return ExitCode::SUCCESS;
-            }
-            Ok(cfg) => {
+            Ok(mut cfg) => {
+                args.exit.apply(&mut cfg);
+                if args.print_config {
+                    print!("{}", config::to_yaml(&cfg));
+                    return ExitCode::SUCCESS;
+                }
                 legate::telemetry::logging::init(cli.log_level.as_deref());
                 run(cfg)
             }
             Err(e) => Err(e),
         },
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            exit,
+        } => {
             legate::telemetry::logging::init(cli.log_level.as_deref());
             match config::load_file(&config) {
                 Ok(mut cfg) => {
                     if workers.is_some() {
                         cfg.runtime.workers = workers;
                     }
+                    exit.apply(&mut cfg);
                     run(cfg)
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             }
         }
+        Command::Wait {
+            admin,
+            tcp,
+            timeout,
+        } => wait(&admin, tcp.as_deref(), &timeout),
+        Command::Shutdown { admin } => shutdown(&admin),
         Command::Demo(args) => {
             legate::telemetry::logging::init(Some(cli.log_level.as_deref().unwrap_or("error")));
-            legate::demo::run(args)
+            legate::demo::run(args).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("legate: {e:#}");
             ExitCode::from(1)

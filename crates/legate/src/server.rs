@@ -37,6 +37,8 @@ pub enum StartError {
     Route(#[from] RouteError),
     #[error("invalid config:\n{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Exit(#[from] lifecycle::exit::ExitError),
     #[error("cannot start a runtime thread: {0}")]
     Thread(std::io::Error),
     #[error("{what}: tls: {source}")]
@@ -81,8 +83,9 @@ impl Running {
         self.state.begin_shutdown("shutdown requested");
     }
 
-    /// Blocks until every worker has drained and stopped.
-    pub fn wait(mut self) {
+    /// Blocks until every worker has drained and stopped; the process's exit code (0, or
+    /// 143/130 after a signal with `exit_zero_on_sigterm: false`).
+    pub fn wait(mut self) -> i32 {
         for t in self.worker_threads.drain(..) {
             let _ = t.join();
         }
@@ -93,6 +96,7 @@ impl Running {
         if let Some(c) = self.control.take() {
             let _ = c.join();
         }
+        self.state.exit_code()
     }
 }
 
@@ -125,7 +129,12 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         return Err(StartError::Invalid(text));
     }
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(State::new());
+    let state = Arc::new(State::with_min_delay(cfg.shutdown.min_delay.get()));
+    // Found before anything binds, so a name that matches nothing fails the start.
+    let exit_processes = match &cfg.shutdown.exit_with_process {
+        Some(spec) => Some(lifecycle::exit::find(spec)?),
+        None => None,
+    };
     let workers = worker_count(&cfg);
 
     let tcp_upstreams: Vec<&str> = cfg
@@ -349,6 +358,8 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
     let control = {
         let state = state.clone();
         let admin = Arc::new(Admin {
+            expose_config: cfg.admin.expose_config,
+            allow_get_quit: cfg.admin.allow_get_quit,
             state: state.clone(),
             metrics: metrics.clone(),
             config_yaml: effective_yaml(&cfg),
@@ -360,6 +371,8 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                 .collect(),
         });
         let handle_signals = opts.handle_signals;
+        let exit_zero_on_sigterm = cfg.shutdown.exit_zero_on_sigterm;
+        let exit_when_file = cfg.shutdown.exit_when_file.clone();
         let require_healthy = cfg.admin.ready_requires_healthy_upstreams;
         let watcher =
             reload::Watcher::new(reloadables, metrics.clone(), cfg.files.expiry_warning.get());
@@ -374,9 +387,12 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
                     state,
                     Control {
                         handle_signals,
+                        exit_zero_on_sigterm,
                         require_healthy,
                         watcher,
                         watch_interval,
+                        exit_when_file,
+                        exit_processes,
                     },
                     stop_rx,
                 )
@@ -473,9 +489,12 @@ fn run_worker(listeners: Vec<Accepting>, shutdown: watch::Receiver<bool>, drain:
 /// What the control thread runs besides admin and discovery.
 struct Control {
     handle_signals: bool,
+    exit_zero_on_sigterm: bool,
     require_healthy: bool,
     watcher: reload::Watcher,
     watch_interval: Duration,
+    exit_when_file: Option<std::path::PathBuf>,
+    exit_processes: Option<Vec<lifecycle::exit::Watched>>,
 }
 
 fn run_control(
@@ -488,9 +507,12 @@ fn run_control(
 ) {
     let Control {
         handle_signals,
+        exit_zero_on_sigterm,
         require_healthy,
         watcher,
         watch_interval,
+        exit_when_file,
+        exit_processes,
     } = control;
     let Some(rt) = current_thread_runtime() else {
         state.begin_shutdown("no runtime for the control thread");
@@ -498,7 +520,16 @@ fn run_control(
     };
     rt.block_on(async move {
         if handle_signals {
-            tokio::spawn(lifecycle::watch_signals(state.clone()));
+            tokio::spawn(lifecycle::watch_signals(
+                state.clone(),
+                exit_zero_on_sigterm,
+            ));
+        }
+        if let Some(path) = exit_when_file {
+            tokio::spawn(lifecycle::exit::when_file(path, state.clone()));
+        }
+        if let Some(procs) = exit_processes {
+            tokio::spawn(lifecycle::exit::with_processes(procs, state.clone()));
         }
         if let Some(socket) = admin_socket {
             tokio::spawn(admin::serve(socket, admin.clone(), stop.clone()));

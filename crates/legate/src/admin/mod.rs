@@ -1,4 +1,9 @@
-//! The admin server (default 127.0.0.1:9901): `/live`, `/ready`, `/metrics`, `/config`.
+//! The admin server (default 127.0.0.1:9901): `/startup`, `/live`, `/ready`, `/metrics`,
+//! `/config`, and `POST /quitquitquit` (`/quit`).
+//!
+//! Admin may bind beyond loopback so the kubelet can probe it; then every endpoint that changes
+//! state answers only loopback peers (linkerd's rule), and `/config` too unless
+//! `admin.expose_config` — a probe needs no more than `/startup`, `/ready`, `/live`.
 
 use crate::lifecycle::State;
 use crate::telemetry::metrics::Metrics;
@@ -19,6 +24,15 @@ pub struct Admin {
     /// Upstreams whose certificates are not verified (`insecure_skip_verify`): every `/config`
     /// read says so in the log, so the setting cannot hide.
     pub insecure_upstreams: Vec<String>,
+    /// `admin.expose_config`: `/config` for peers beyond loopback too.
+    pub expose_config: bool,
+    /// `admin.allow_get_quit`: the quit endpoints answer GET as well as POST.
+    pub allow_get_quit: bool,
+}
+
+/// Loopback, including IPv4-mapped IPv6 loopback.
+fn is_loopback(peer: std::net::SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 fn text(
@@ -36,10 +50,46 @@ fn text(
 }
 
 impl Admin {
-    pub fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    pub fn respond(
+        &self,
+        req: &Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Response<Full<Bytes>> {
         const PLAIN: &str = "text/plain; charset=utf-8";
-        match (req.method(), req.uri().path()) {
+        let local = is_loopback(peer);
+        let path = req.uri().path();
+        match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, PLAIN, "live\n"),
+            (&Method::GET | &Method::HEAD, "/startup") => {
+                if self.state.is_started() {
+                    text(StatusCode::OK, PLAIN, "started\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "starting\n")
+                }
+            }
+            (method, "/quitquitquit" | "/quit")
+                if method == Method::POST || (method == Method::GET && self.allow_get_quit) =>
+            {
+                if !local {
+                    tracing::warn!(%peer, path, "refused: state-changing admin endpoint from a non-loopback peer");
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        PLAIN,
+                        "forbidden: only loopback peers may change legate's state\n",
+                    );
+                }
+                tracing::info!(%peer, path, "quit requested");
+                self.state.begin_shutdown("quit endpoint");
+                text(StatusCode::OK, PLAIN, "draining\n")
+            }
+            (&Method::GET, "/config") if !local && !self.expose_config => {
+                tracing::warn!(%peer, "refused: /config from a non-loopback peer (admin.expose_config is off)");
+                text(
+                    StatusCode::FORBIDDEN,
+                    PLAIN,
+                    "forbidden: /config is for loopback peers unless admin.expose_config is on\n",
+                )
+            }
             (&Method::GET | &Method::HEAD, "/ready") => {
                 if self.state.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "draining\n")
@@ -66,7 +116,11 @@ impl Admin {
                 }
                 text(StatusCode::OK, "application/yaml", self.config_yaml.clone())
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config") => text(
+            (
+                _,
+                "/live" | "/ready" | "/startup" | "/metrics" | "/config" | "/quitquitquit"
+                | "/quit",
+            ) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 PLAIN,
                 "method not allowed\n",
@@ -74,7 +128,7 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,
-                "not found: try /ready /live /metrics /config\n",
+                "not found: try /startup /ready /live /metrics /config, POST /quitquitquit\n",
             ),
         }
     }
@@ -98,11 +152,11 @@ pub async fn serve(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let admin = admin.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let resp = admin.respond(&req);
+                        let resp = admin.respond(&req, peer);
                         async move { Ok::<_, Infallible>(resp) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -44,6 +44,13 @@ pub struct AdminConfig {
     /// `/ready` also requires every health-checked upstream to have a healthy endpoint.
     #[serde(default)]
     pub ready_requires_healthy_upstreams: bool,
+    /// Serve `/config` to peers beyond loopback (the kubelet's network, say). Off: only
+    /// loopback peers may read it, as only they may change state.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub expose_config: bool,
+    /// Accept `GET /quitquitquit` and `GET /quit` too (for tools that cannot POST).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_get_quit: bool,
 }
 
 impl Default for AdminConfig {
@@ -51,6 +58,8 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             ready_requires_healthy_upstreams: false,
+            expose_config: false,
+            allow_get_quit: false,
         }
     }
 }
@@ -91,14 +100,41 @@ pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM before they are cut.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: ConfigDuration,
+    /// After SIGTERM (or a quit), keep accepting new connections this long, not ready, so the
+    /// app's own last calls still get through while the Pod leaves its Services.
+    #[serde(default = "zero_duration")]
+    pub min_delay: ConfigDuration,
+    /// Exit 0 after a SIGTERM drain (the default: a sidecar stopped on purpose is not a
+    /// failure); `false` exits 143 (130 after SIGINT), as a plain process killed by it would.
+    #[serde(default = "yes")]
+    pub exit_zero_on_sigterm: bool,
+    /// Drain and exit when this file appears (a Job's main container touches it when done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_when_file: Option<std::path::PathBuf>,
+    /// Drain and exit when this process ends: a PID, or a name matched against the processes
+    /// legate can see (`shareProcessNamespace: true` in a Pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_with_process: Option<String>,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout: default_drain_timeout(),
+            min_delay: zero_duration(),
+            exit_zero_on_sigterm: true,
+            exit_when_file: None,
+            exit_with_process: None,
         }
     }
+}
+
+fn zero_duration() -> ConfigDuration {
+    ConfigDuration::from_secs(0)
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_drain_timeout() -> ConfigDuration {

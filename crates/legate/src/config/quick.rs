@@ -145,7 +145,7 @@ fn one_to_one(
     Config {
         admin: AdminConfig {
             listen: admin,
-            ready_requires_healthy_upstreams: false,
+            ..AdminConfig::default()
         },
         runtime: RuntimeConfig { workers },
         access_log,

@@ -1,16 +1,30 @@
-//! Start and stop: readiness, the shutdown broadcast, and signals. SIGTERM or SIGINT flip
-//! readiness off, stop accepting, and let in-flight requests finish within `drain_timeout`.
+//! Start and stop: the startup and readiness flags, the drain broadcast, signals, and the
+//! conditions that end a sidecar with its main work (`exit`).
+//!
+//! The drain, in order: `/ready` turns 503 at once; listeners keep accepting for
+//! `shutdown.min_delay` (the app's last calls, while the Pod leaves its Services); then the
+//! workers' shutdown watch flips: listeners close, idle keep-alives close, in-flight work
+//! finishes within `drain_timeout`, and the process exits with the code the drain set.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub mod exit;
+pub mod probe;
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Process-wide state that admin reports and signals change.
 pub struct State {
+    /// Listeners bound, certificates loaded, first DNS done. Never goes back (`/startup`).
+    started: AtomicBool,
     ready: AtomicBool,
     draining: AtomicBool,
     /// Listeners at their `max_connections` now: `/ready` says 503 while any is, so the
     /// Service sends new work elsewhere (as cloud-sql-proxy does).
     saturated: AtomicUsize,
+    /// What the process exits with once drained.
+    exit_code: AtomicI32,
+    min_delay: Duration,
     shutdown: watch::Sender<bool>,
 }
 
@@ -22,18 +36,32 @@ impl Default for State {
 
 impl State {
     pub fn new() -> Self {
+        Self::with_min_delay(Duration::ZERO)
+    }
+
+    /// `min_delay`: how long new connections are still accepted once the drain begins.
+    pub fn with_min_delay(min_delay: Duration) -> Self {
         Self {
+            started: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             saturated: AtomicUsize::new(0),
+            exit_code: AtomicI32::new(0),
+            min_delay,
             shutdown: watch::channel(false).0,
         }
     }
 
+    /// Startup is complete: ready from now on (unless draining), started for good.
     pub fn set_ready(&self) {
+        self.started.store(true, Ordering::SeqCst);
         if !self.is_draining() {
             self.ready.store(true, Ordering::SeqCst);
         }
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -56,17 +84,45 @@ impl State {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Begins the drain: readiness goes first so the Pod leaves the Service before sockets close.
+    pub fn exit_code(&self) -> i32 {
+        self.exit_code.load(Ordering::SeqCst)
+    }
+
+    /// Begins the drain, to exit 0 once done.
     pub fn begin_shutdown(&self, why: &str) {
+        self.begin_shutdown_with(why, 0);
+    }
+
+    /// Begins the drain: readiness goes first so the Pod leaves the Service before sockets
+    /// close; listeners close `min_delay` later. Only the first call counts.
+    pub fn begin_shutdown_with(&self, why: &str, exit_code: i32) {
         if self.draining.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.exit_code.store(exit_code, Ordering::SeqCst);
         self.ready.store(false, Ordering::SeqCst);
-        tracing::info!(
-            reason = why,
-            "draining: no new connections; finishing in-flight requests"
-        );
-        self.shutdown.send_replace(true);
+        if self.min_delay.is_zero() {
+            tracing::info!(
+                reason = why,
+                "draining: no new connections; finishing in-flight requests"
+            );
+            self.shutdown.send_replace(true);
+            return;
+        }
+        tracing::info!(reason = why, min_delay = ?self.min_delay,
+            "draining: not ready; still accepting connections for min_delay");
+        let tx = self.shutdown.clone();
+        let delay = self.min_delay;
+        let spawned = std::thread::Builder::new()
+            .name("legate-min-delay".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                tracing::info!("min_delay over: no new connections; finishing in-flight requests");
+                tx.send_replace(true);
+            });
+        if spawned.is_err() {
+            self.shutdown.send_replace(true);
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<bool> {
@@ -75,7 +131,8 @@ impl State {
 }
 
 /// Waits for SIGTERM or SIGINT and starts the drain; a second signal exits at once.
-pub async fn watch_signals(state: std::sync::Arc<State>) {
+/// `exit_zero`: `shutdown.exit_zero_on_sigterm`.
+pub async fn watch_signals(state: std::sync::Arc<State>, exit_zero: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -86,15 +143,51 @@ pub async fn watch_signals(state: std::sync::Arc<State>) {
         );
         return;
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let (name, code) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", 143),
+        _ = int.recv() => ("SIGINT", 130),
     };
-    state.begin_shutdown(name);
+    state.begin_shutdown_with(name, if exit_zero { 0 } else { code });
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
     tracing::warn!("second signal: exiting without waiting for in-flight requests");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_stays_readiness_goes() {
+        let s = State::new();
+        assert!(!s.is_started() && !s.is_ready());
+        s.set_ready();
+        assert!(s.is_started() && s.is_ready());
+        let rx = s.subscribe();
+        s.begin_shutdown_with("test", 143);
+        assert!(s.is_started() && !s.is_ready() && s.is_draining());
+        assert!(*rx.borrow());
+        assert_eq!(s.exit_code(), 143);
+        s.begin_shutdown_with("again", 0);
+        assert_eq!(s.exit_code(), 143, "only the first request counts");
+    }
+
+    #[test]
+    fn min_delay_holds_the_listeners_open() {
+        let s = State::with_min_delay(Duration::from_millis(200));
+        let mut rx = s.subscribe();
+        s.begin_shutdown("test");
+        assert!(!s.is_ready());
+        assert!(!*rx.borrow(), "listeners still open during min_delay");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            rx.wait_for(|v| *v).await.unwrap();
+        });
+    }
 }
