@@ -473,6 +473,14 @@ fn run_worker(listeners: Vec<Accepting>, shutdown: watch::Receiver<bool>, drain:
             let _ = l.await;
         }
         sweeper.abort();
+        let tunnels = crate::tcp::drain::drain_all();
+        if tunnels > 0 {
+            tracing::info!(
+                tunnels,
+                "draining TCP tunnels: each closes once idle for {:?}",
+                crate::tcp::copy::DRAIN_IDLE
+            );
+        }
         if tokio::time::timeout(drain, tracker.all_closed())
             .await
             .is_err()

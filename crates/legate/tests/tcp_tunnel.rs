@@ -438,3 +438,33 @@ upstreams:
         assert!(line.starts_with("c.yaml:"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_idle_tunnels_and_lets_busy_ones_finish() {
+    let up = greeting_upstream().await;
+    let yaml = tcp_config(&up.to_string(), "", "").replace(
+        "runtime: { workers: 1 }",
+        "runtime: { workers: 1 }\nshutdown: { drain_timeout: 1h }",
+    );
+    let mut legate = Legate::start(&yaml);
+    let mut idle = TcpStream::connect(legate.addr).await.unwrap();
+    let mut g = [0u8; 25];
+    idle.read_exact(&mut g).await.unwrap();
+    // stop() blocks until the drain is over: without the drain's idle close it would hold
+    // the idle tunnel for the whole drain_timeout (1h).
+    let stopper = std::thread::spawn(move || {
+        legate.stop();
+        legate
+    });
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(30), idle.read(&mut buf))
+        .await
+        .expect("the idle tunnel is closed by the drain, well before drain_timeout");
+    assert!(matches!(r, Ok(0)), "closed with a FIN: {r:?}");
+    let legate = tokio::task::spawn_blocking(move || stopper.join().unwrap())
+        .await
+        .unwrap();
+    let lines = tcp_lines(&legate);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["close"], "drain", "{}", lines[0]);
+}

@@ -27,6 +27,8 @@ pub enum Close {
     UpstreamClosed,
     IdleTimeout,
     Lifetime,
+    /// legate is draining and the tunnel was idle for `DRAIN_IDLE`.
+    Drain,
     /// A side reset the connection or failed; the other side was reset too.
     Reset {
         by_client: bool,
@@ -41,6 +43,7 @@ impl Close {
             Close::UpstreamClosed => "upstream-closed",
             Close::IdleTimeout => "idle-timeout",
             Close::Lifetime => "lifetime",
+            Close::Drain => "drain",
             Close::Reset { by_client, error } => {
                 if !by_client {
                     if let Some(r) = crate::tls::failure::rustls_error(error) {
@@ -174,7 +177,12 @@ pub struct Tunnel<C, U> {
     last: Instant,
     deadlines: Deadlines,
     timer: Pin<Box<tokio::time::Sleep>>,
+    draining: bool,
 }
+
+/// While legate drains, a tunnel with no byte either way for this long is closed (FIN), so a
+/// pool of idle database connections does not hold the drain for `drain_timeout`.
+pub const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<C: Conn, U: Conn> Tunnel<C, U> {
     pub fn new(client: C, upstream: U, deadlines: Deadlines) -> Self {
@@ -188,7 +196,19 @@ impl<C: Conn, U: Conn> Tunnel<C, U> {
             last,
             deadlines,
             timer: Box::pin(tokio::time::sleep_until(deadlines.next(last))),
+            draining: false,
         }
+    }
+
+    /// legate is draining: from now on the idle deadline is `DRAIN_IDLE` at most.
+    pub fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.deadlines.idle = self.deadlines.idle.min(DRAIN_IDLE);
+        let next = self.deadlines.next(self.last);
+        self.timer.as_mut().reset(next);
     }
 
     pub fn moved(&self) -> Moved {
@@ -281,7 +301,11 @@ impl<C: Conn, U: Conn> Tunnel<C, U> {
                 return Poll::Ready(Close::Lifetime);
             }
             if now >= self.last + self.deadlines.idle {
-                return Poll::Ready(Close::IdleTimeout);
+                return Poll::Ready(if self.draining {
+                    Close::Drain
+                } else {
+                    Close::IdleTimeout
+                });
             }
             let next = self.deadlines.next(self.last);
             self.timer.as_mut().reset(next);

@@ -12,6 +12,7 @@
 pub mod buffers;
 pub mod connect;
 pub mod copy;
+pub mod drain;
 pub mod postgres;
 pub mod stream;
 
@@ -182,6 +183,8 @@ struct Carry<C: Conn> {
     _permit: crate::upstream::breaker::Permit,
     opened: Opened,
     _held: Held,
+    ctl: Arc<drain::TunnelCtl>,
+    waker_set: bool,
 }
 
 fn carry<C: Conn>(
@@ -203,6 +206,8 @@ fn carry<C: Conn>(
         _permit: up._permit,
         opened,
         _held: held,
+        ctl: drain::register(),
+        waker_set: false,
     }
 }
 
@@ -214,6 +219,13 @@ impl<C: Conn> std::future::Future for Carry<C> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         let me = &mut *self;
+        if !me.waker_set {
+            me.ctl.set_waker(cx.waker());
+            me.waker_set = true;
+        }
+        if me.ctl.is_draining() {
+            me.tunnel.drain();
+        }
         let close = std::task::ready!(me.tunnel.poll_carry(
             cx,
             &me.ctx.metrics.to_upstream,
