@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""bench/startup.py - exec-to-/startup time of the legate binary (issue: lifecycle).
+
+Starts `legate http` N times (an http:// upstream on 127.0.0.1, admin on a free port) and
+measures from just before the exec to the first `GET /startup` that answers 200, polling as
+fast as a connect allows. Prints the median, min and max in milliseconds, plus the binary's
+size and its RSS right after startup. Usage: startup.py LEGATE_BIN [N]
+"""
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def startup_ok(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"GET /startup HTTP/1.0\r\n\r\n")
+            return s.recv(64).split(b" ")[1:2] == [b"200"]
+    except OSError:
+        return False
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    binary = sys.argv[1]
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    times, rss = [], []
+    for _ in range(n):
+        admin, listen = free_port(), free_port()
+        args = [binary, "http", "--listen", f"127.0.0.1:{listen}", "--upstream",
+                "http://127.0.0.1:9", "--admin", f"127.0.0.1:{admin}", "--access-log", "off",
+                "--workers", "1"]
+        t0 = time.perf_counter()
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = t0 + 10
+        while not startup_ok(admin):
+            if time.perf_counter() > deadline or p.poll() is not None:
+                p.kill()
+                sys.exit("legate did not start")
+        times.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.2)
+        rss.append(rss_kib(p.pid))
+        p.terminate()
+        p.wait()
+    print(f"exec to /startup 200: median {statistics.median(times):.2f} ms "
+          f"(min {min(times):.2f}, max {max(times):.2f}, n={n})")
+    print(f"RSS after start: median {statistics.median(rss) / 1024:.1f} MiB")
+    print(f"binary: {os.path.getsize(binary) / 1e6:.1f} MB ({binary})")
+
+
+if __name__ == "__main__":
+    main()
