@@ -550,10 +550,18 @@ fn run_control(
                 stop.clone(),
             ));
         }
-        let resolver = Arc::new(Resolver::from_system());
-        discovery::resolve_initial(&resolver, &upstreams, Duration::from_secs(5)).await;
+        // Only names need a resolver: with IP endpoints alone, none is built (it reads
+        // resolv.conf and hosts, time the startup probe would wait for).
+        let resolver = upstreams
+            .iter()
+            .any(|u| !u.dns_targets().is_empty())
+            .then(|| Arc::new(Resolver::from_system()));
+        if let Some(resolver) = &resolver {
+            discovery::resolve_initial(resolver, &upstreams, Duration::from_secs(5)).await;
+        }
         for up in &upstreams {
             for (target, spec) in up.dns_targets() {
+                let Some(resolver) = &resolver else { break };
                 tokio::spawn(discovery::refresh_loop(
                     resolver.clone(),
                     up.clone(),
