@@ -199,9 +199,26 @@ fn deserialize_all(
     let mut diags = vec![first];
     let mut removed = Vec::new();
     for _ in 0..100 {
-        let Some(last) = diags.last() else { break };
+        let Some(last) = diags.last_mut() else { break };
+        // A value the field's own parser refused (an address, a duration) is reported by
+        // serde_yaml_ng at the mapping holding the field (`listeners[0]`, `admin`): find the
+        // field, so the message points at it and the rest of the file is still read.
+        if is_mapping(&value, &last.path) && !last.message.starts_with("missing field") {
+            if let Some(field) = culprit(&value, &last.path, &last.message) {
+                let pos = locator
+                    .find(&field)
+                    .unwrap_or(locate::Position { line: 1, col: 1 });
+                (last.line, last.col) = (pos.line, pos.col);
+                last.path = field;
+            }
+        }
         let target = last.path.clone();
-        if target.is_empty() || target.ends_with(']') || !remove_path(&mut value, &target) {
+        let unknown = last.message.starts_with("unknown field");
+        // A malformed value is replaced by a harmless one of the right shape (a required field
+        // cannot just be dropped: the mapping around it would stop parsing); an unknown field
+        // is dropped.
+        let fixed = !unknown && substitute(&mut value, &target);
+        if target.is_empty() || (!fixed && !remove_path(&mut value, &target)) {
             break;
         }
         removed.push(target);
@@ -245,27 +262,167 @@ fn missing_field_path(d: &Diagnostic) -> Option<String> {
     })
 }
 
-/// Removes the node at `a.b[0].c` from a YAML value; false if there is no such node.
+/// Placeholders tried, in order, for a value its parser refused: one of them has the shape
+/// of every field type (an address, a duration, a number, a name, a size, a flag).
+const PLACEHOLDERS: [&str; 6] = ["127.0.0.1:1", "1s", "1", "x", "1KiB", "true"];
+
+/// Replaces the value at `path` with the first placeholder that the config parser accepts
+/// there; false if none does.
+fn substitute(value: &mut serde_yaml_ng::Value, path: &str) -> bool {
+    let Some(original) = get_path(value, path).cloned() else {
+        return false;
+    };
+    if original.is_mapping() || original.is_sequence() {
+        return false;
+    }
+    for p in PLACEHOLDERS {
+        let candidate: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(p).unwrap_or_else(|_| serde_yaml_ng::Value::String(p.into()));
+        if !set_path(value, path, candidate) {
+            return false;
+        }
+        let accepted = match serde_yaml_ng::to_string(&*value)
+            .ok()
+            .map(|t| serde_yaml_ng::from_str::<Config>(&t))
+        {
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                let text = strip_positions(&e.to_string());
+                !text.starts_with(&format!("{path}: "))
+            }
+            None => false,
+        };
+        if accepted {
+            return true;
+        }
+    }
+    set_path(value, path, original);
+    false
+}
+
+/// Replaces the node at `path`; false if there is no such node.
+fn set_path(value: &mut serde_yaml_ng::Value, path: &str, new: serde_yaml_ng::Value) -> bool {
+    let mut node = value;
+    for seg in path.split('.') {
+        let (key, indices) = split_indices(seg);
+        let next = if key.is_empty() {
+            Some(node)
+        } else {
+            node.as_mapping_mut().and_then(|m| m.get_mut(key))
+        };
+        let Some(mut next) = next else {
+            return false;
+        };
+        for i in indices {
+            let Some(n) = next.as_sequence_mut().and_then(|s| s.get_mut(i)) else {
+                return false;
+            };
+            next = n;
+        }
+        node = next;
+    }
+    *node = new;
+    true
+}
+
+/// The node at `a.b[0].c` (the root for an empty path).
+fn get_path<'v>(value: &'v serde_yaml_ng::Value, path: &str) -> Option<&'v serde_yaml_ng::Value> {
+    let mut node = value;
+    if path.is_empty() {
+        return Some(node);
+    }
+    for seg in path.split('.') {
+        let (key, indices) = split_indices(seg);
+        node = node.as_mapping()?.get(key)?;
+        for i in indices {
+            node = node.as_sequence()?.get(i)?;
+        }
+    }
+    Some(node)
+}
+
+fn is_mapping(value: &serde_yaml_ng::Value, path: &str) -> bool {
+    get_path(value, path).is_some_and(|n| n.is_mapping())
+}
+
+/// Which field of the mapping at `path` makes parsing fail with `message`: the first whose
+/// removal makes that message go away (without merely making the field missing).
+fn culprit(value: &serde_yaml_ng::Value, path: &str, message: &str) -> Option<String> {
+    let keys: Vec<String> = get_path(value, path)?
+        .as_mapping()?
+        .keys()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect();
+    for key in keys {
+        let field = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let mut without = value.clone();
+        if !remove_path(&mut without, &field) {
+            continue;
+        }
+        let Ok(text) = serde_yaml_ng::to_string(&without) else {
+            continue;
+        };
+        match serde_yaml_ng::from_str::<Config>(&text) {
+            Ok(_) => return Some(field),
+            Err(e) => {
+                let again = strip_positions(&e.to_string());
+                let missing_it = again.contains(&format!("missing field `{key}`"));
+                if !again.contains(message) && !missing_it {
+                    return Some(field);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the node at `a.b[0].c` (or the list item at `a.b[0]`) from a YAML value; false if
+/// there is no such node. Other keys and items keep their order, so the next error found is the
+/// next one in the file.
 fn remove_path(value: &mut serde_yaml_ng::Value, path: &str) -> bool {
-    let mut segments: Vec<&str> = path.split('.').collect();
-    let Some(last) = segments.pop() else {
+    enum Step<'p> {
+        Key(&'p str),
+        Index(usize),
+    }
+    let mut steps = Vec::new();
+    for seg in path.split('.') {
+        let (key, indices) = split_indices(seg);
+        if !key.is_empty() {
+            steps.push(Step::Key(key));
+        }
+        steps.extend(indices.into_iter().map(Step::Index));
+    }
+    let Some(last) = steps.pop() else {
         return false;
     };
     let mut node = value;
-    for seg in segments {
-        let (key, indices) = split_indices(seg);
-        let Some(next) = node.as_mapping_mut().and_then(|m| m.get_mut(key)) else {
+    for step in steps {
+        let next = match step {
+            Step::Key(k) => node.as_mapping_mut().and_then(|m| m.get_mut(k)),
+            Step::Index(i) => node.as_sequence_mut().and_then(|s| s.get_mut(i)),
+        };
+        let Some(next) = next else {
             return false;
         };
         node = next;
-        for i in indices {
-            let Some(next) = node.as_sequence_mut().and_then(|s| s.get_mut(i)) else {
-                return false;
-            };
-            node = next;
-        }
     }
-    node.as_mapping_mut().and_then(|m| m.remove(last)).is_some()
+    match last {
+        Step::Key(k) => node
+            .as_mapping_mut()
+            .and_then(|m| m.shift_remove(k))
+            .is_some(),
+        Step::Index(i) => match node.as_sequence_mut() {
+            Some(seq) if i < seq.len() => {
+                seq.remove(i);
+                true
+            }
+            _ => false,
+        },
+    }
 }
 
 fn split_indices(seg: &str) -> (&str, Vec<usize>) {
@@ -435,6 +592,26 @@ upstreams:
             lines[0]
         );
         assert!(lines[0].contains("unknown field `retries`"), "{}", lines[0]);
+    }
+
+    /// As a new user hit it: one malformed address used to be the only error reported, at the
+    /// list item instead of the field, hiding five other problems until it was fixed.
+    #[test]
+    fn a_malformed_value_does_not_hide_the_rest() {
+        let yaml = "listeners:\n  - name: app\n    listen: 127.0.0.1:808O\n    routes:\n      - name: r\n        upstream: nope\n        timeout: 5x\nupstreams:\n  - name: api\n    endpoints: [localhost]\n    connect_timeout: -1s\nadmin:\n  listen: 127.0.0.1:99999\n";
+        let err = load_str("c.yaml", yaml, |_| None).unwrap_err().lines();
+        let want = [
+            "c.yaml:3:13: listeners[0].listen: invalid listen address",
+            "c.yaml:6:19: listeners[0].routes[0].upstream: no upstream named `nope`",
+            "c.yaml:7:18: listeners[0].routes[0].timeout: invalid duration `5x`",
+            "c.yaml:10:17: upstreams[0].endpoints[0]: endpoint `localhost` needs a port",
+            "c.yaml:11:22: upstreams[0].connect_timeout: negative duration",
+            "c.yaml:13:11: admin.listen: invalid listen address `127.0.0.1:99999`",
+        ];
+        assert_eq!(err.len(), want.len(), "{err:#?}");
+        for (line, w) in err.iter().zip(want) {
+            assert!(line.starts_with(w), "{line}\n  wanted: {w}");
+        }
     }
 
     #[test]
