@@ -67,6 +67,8 @@ enum Command {
     /// Quick mode for TCP: carry one local port or Unix socket to one upstream (a database
     /// tunnel), no file needed.
     Tcp(Box<TcpArgs>),
+    /// Print the config file's JSON Schema (for editors: yaml-language-server).
+    Schema,
     /// The embedded demo: a flaky upstream, legate in front, and the naive client.
     Demo(legate::demo::DemoArgs),
 }
@@ -404,6 +406,10 @@ fn main() -> ExitCode {
             timeout,
         } => wait(&admin, tcp.as_deref(), &timeout),
         Command::Shutdown { admin } => shutdown(&admin),
+        Command::Schema => {
+            print!("{}", config::schema::json());
+            return ExitCode::SUCCESS;
+        }
         Command::Demo(args) => {
             legate::telemetry::logging::init(Some(cli.log_level.as_deref().unwrap_or("error")));
             legate::demo::run(args).map(|()| ExitCode::SUCCESS)

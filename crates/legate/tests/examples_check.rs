@@ -70,3 +70,16 @@ fn manifests_parse_and_embedded_configs_pass_check() {
         "expected at least one legate.yaml ConfigMap in deploy/k8s"
     );
 }
+
+/// The checked-in schema (for editors, `# yaml-language-server: $schema=...`) is the one the
+/// config types generate: a changed field cannot leave it stale.
+#[test]
+fn checked_in_schema_matches_the_config_types() {
+    let path = repo_root().join("deploy/legate.schema.json");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == legate::config::schema::json(),
+        "{} is stale: run `cargo run -- schema > deploy/legate.schema.json`",
+        path.display()
+    );
+}

@@ -8,6 +8,7 @@ pub mod locate;
 pub mod model;
 pub mod quick;
 pub mod resilience;
+pub mod schema;
 pub mod size;
 pub mod tls;
 pub mod validate;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -35,7 +35,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `127.0.0.1:9901` by default; `off` disables the admin server.
@@ -77,7 +77,7 @@ pub enum AdminListen {
     Addr(ListenAddr),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads, each a single-threaded event loop with its own listener socket.
@@ -86,7 +86,9 @@ pub struct RuntimeConfig {
     pub workers: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogMode {
     Off,
@@ -94,7 +96,7 @@ pub enum AccessLogMode {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM before they are cut.
@@ -141,7 +143,7 @@ fn default_drain_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -220,7 +222,9 @@ impl ListenerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     #[default]
@@ -305,7 +309,7 @@ impl Serialize for FileMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerLimits {
     /// Largest request head (request line plus headers) accepted; larger gets 431.
@@ -339,7 +343,7 @@ fn default_header_read_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -365,7 +369,7 @@ fn default_route_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(15)
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,7 +393,7 @@ pub enum HostRewrite {
     Literal(String),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRules {
     /// Replace (or add) these headers.
@@ -407,7 +411,7 @@ pub struct HeaderRules {
     pub set_from_file: BTreeMap<String, HeaderFromFile>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -446,7 +450,7 @@ pub struct UpstreamConfig {
 }
 
 /// `upstreams[].postgres`: the database login legate performs for the app.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresLogin {
     /// The database user; the app's own `user` is replaced with it.
@@ -488,7 +492,9 @@ fn default_dns_refresh() -> ConfigDuration {
     ConfigDuration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     Http1,
@@ -498,7 +504,7 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     #[serde(default = "default_max_idle")]

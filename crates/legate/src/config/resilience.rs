@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// `retry:` on a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Total tries, the first one included.
@@ -160,7 +160,7 @@ impl Serialize for RetryOn {
 }
 
 /// Exponential backoff with full jitter: try n waits a random time in [0, min(max, base·2ⁿ)].
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_base")]
@@ -185,7 +185,7 @@ fn default_backoff_max() -> ConfigDuration {
 }
 
 /// Retries allowed = `ratio` × requests over the last 10 s + `min_per_second` × 10.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     #[serde(default = "default_budget_ratio")]
@@ -210,7 +210,7 @@ fn default_budget_floor() -> u32 {
 }
 
 /// `rate_limit:` on a route: a token bucket refilled at `rate`, holding at most `burst`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub rate: Rate,
@@ -283,7 +283,9 @@ impl Serialize for Rate {
 }
 
 /// `balance:` on an upstream.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Power of two choices over peak-EWMA latency × (in-flight + 1), like Linkerd.
@@ -297,7 +299,7 @@ pub enum Balance {
 
 /// `circuit_breaker:` on an upstream. Without the section, the thresholds apply with these
 /// defaults and the trip state machine is off; with it (even `{}`), both are on.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     #[serde(default = "default_1024")]
@@ -368,7 +370,7 @@ fn default_probes() -> u32 {
 }
 
 /// `outlier_detection:` on an upstream: passive ejection of endpoints that keep failing.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     #[serde(default = "default_true")]
@@ -419,7 +421,7 @@ fn default_max_ejected_percent() -> u32 {
 }
 
 /// `health_check:` on an upstream. Exactly one of `http` and `tcp`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,7 +438,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub path: String,
@@ -445,7 +447,7 @@ pub struct HttpCheck {
     pub expect: StatusRange,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {}
 

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// `upstreams[].tls`: present means the upstream speaks TLS.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Name sent as SNI and checked against the certificate; defaults to the endpoint's host.
@@ -58,7 +58,9 @@ pub struct UpstreamTls {
     pub mode: TlsMode,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     #[default]
@@ -110,7 +112,9 @@ impl UpstreamTls {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsBackend {
     #[default]
@@ -119,7 +123,7 @@ pub enum TlsBackend {
 }
 
 /// `pkcs12: { file, password_file }`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs12 {
     pub file: PathBuf,
@@ -129,7 +133,7 @@ pub struct Pkcs12 {
 }
 
 /// `listeners[].tls`: terminate TLS (and optionally require client certificates).
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Server certificate chain (PEM).
@@ -179,7 +183,7 @@ impl ListenerTls {
 }
 
 /// `allow: { dns: [...], uri: [...], cn: [...] }`; `*` matches any run of characters.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowList {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -197,7 +201,7 @@ impl AllowList {
 }
 
 /// Global TLS and credential-file settings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
     /// How often watched files (certificates, keys, CAs, credentials) are checked for changes.
@@ -343,7 +347,7 @@ impl Serialize for HeaderFromFile {
 }
 
 /// `upstreams[].auth`: credentials legate adds to every request to this upstream.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -353,7 +357,7 @@ pub struct AuthConfig {
 }
 
 /// HTTP basic auth from two files.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     pub username_file: PathBuf,
@@ -361,7 +365,7 @@ pub struct BasicAuth {
 }
 
 /// OAuth2 client credentials grant (RFC 6749 §4.4).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// `https://auth.example/oauth2/token` (or `http://` for a local token service).
