@@ -145,10 +145,6 @@ kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 json_num() { sed -n "s/.*\"$2\":\\([0-9.]*\\).*/\\1/p" <<<"$1"; }
 
 # tail_log FILE: show the end of a log on stderr (for start-up failures).
-tail_log() {
-    [[ -s $1 ]] || return 0
-    tail -n 15 -- "$1" | sed 's/^/    | /' >&2
-}
 
 # launch CPU OUTFILE ERRFILE CMD...: start CMD pinned to CPU in the
 # background; the pid is stored in $launched and tracked for cleanup. taskset

@@ -179,3 +179,10 @@ bench_pki() {
         done
     } >"$pki/openssl.log" 2>&1
 }
+
+# tail_log FILE: the last lines of a log file, indented, on stderr (uses the script's `log`).
+tail_log() {
+    [[ -s $1 ]] || return 0
+    log "--- $1"
+    tail -n 15 -- "$1" | sed 's/^/    | /' >&2
+}

@@ -178,11 +178,6 @@ declare -A chosen_ports=()
 
 now() { date +%s.%N; }
 
-tail_log() {
-    [[ -s $1 ]] || return 0
-    log "--- $1"
-    tail -n 15 -- "$1" | sed 's/^/    | /' >&2
-}
 
 # launch CPU LOGFILE CMD...: start CMD pinned to CPU in the background; the pid is stored in
 # $launched and tracked for cleanup. taskset execs CMD, so the pid is the program's own.

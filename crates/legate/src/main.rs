@@ -305,6 +305,22 @@ fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// Runs a quick-mode config, or prints it with `--print-config`.
+fn quick(
+    mut cfg: config::Config,
+    exit: &ExitFlags,
+    print_config: bool,
+    log_level: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    exit.apply(&mut cfg);
+    if print_config {
+        print!("{}", config::to_yaml(&cfg));
+        return Ok(ExitCode::SUCCESS);
+    }
+    legate::telemetry::logging::init(log_level);
+    run(cfg)
+}
+
 fn addr_flag(flag: &str, v: &str) -> anyhow::Result<std::net::SocketAddr> {
     ListenAddr::parse(v)
         .map(|a| a.0)
@@ -359,30 +375,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Http(args) => match quick_config(&args) {
-            Ok(mut cfg) => {
-                args.exit.apply(&mut cfg);
-                if args.print_config {
-                    print!("{}", config::to_yaml(&cfg));
-                    return ExitCode::SUCCESS;
-                }
-                legate::telemetry::logging::init(cli.log_level.as_deref());
-                run(cfg)
-            }
-            Err(e) => Err(e),
-        },
-        Command::Tcp(args) => match quick_tcp_config(&args) {
-            Ok(mut cfg) => {
-                args.exit.apply(&mut cfg);
-                if args.print_config {
-                    print!("{}", config::to_yaml(&cfg));
-                    return ExitCode::SUCCESS;
-                }
-                legate::telemetry::logging::init(cli.log_level.as_deref());
-                run(cfg)
-            }
-            Err(e) => Err(e),
-        },
+        Command::Http(args) => quick_config(&args)
+            .and_then(|cfg| quick(cfg, &args.exit, args.print_config, cli.log_level.as_deref())),
+        Command::Tcp(args) => quick_tcp_config(&args)
+            .and_then(|cfg| quick(cfg, &args.exit, args.print_config, cli.log_level.as_deref())),
         Command::Run {
             config,
             workers,

@@ -54,6 +54,16 @@ fn status(admin: SocketAddr, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Waits for `/ready` 200, failing fast if the process died.
+fn wait_ready(lg: &mut Proc, admin: u16) {
+    wait_for("ready", Duration::from_secs(20), || {
+        lg.ensure_running();
+        (status(local(admin), "/ready") == 200)
+            .then_some(())
+            .ok_or_else(|| "not ready".to_string())
+    });
+}
+
 fn post(admin: SocketAddr, path: &str) -> (u16, String) {
     legate::lifecycle::probe::http(admin, "POST", path, Duration::from_secs(5)).unwrap()
 }
@@ -121,12 +131,7 @@ fn quit_drains_a_request_in_flight_then_exits_zero() {
             &format!("127.0.0.1:{admin}"),
         ],
     );
-    wait_for("ready", Duration::from_secs(20), || {
-        lg.ensure_running();
-        (status(local(admin), "/ready") == 200)
-            .then_some(())
-            .ok_or_else(|| "not ready".to_string())
-    });
+    wait_ready(&mut lg, admin);
     // GET does not quit unless allowed.
     assert_eq!(status(local(admin), "/quitquitquit"), 405);
     let client =
@@ -174,12 +179,7 @@ upstreams:
             ),
         );
         let mut lg = start("legate run", &["run", "-c", cfg.to_str().unwrap()]);
-        wait_for("ready", Duration::from_secs(20), || {
-            lg.ensure_running();
-            (status(local(admin), "/ready") == 200)
-                .then_some(())
-                .ok_or_else(|| "not ready".to_string())
-        });
+        wait_ready(&mut lg, admin);
         lg.signal("TERM");
         wait_for("not ready after SIGTERM", Duration::from_secs(10), || {
             (status(local(admin), "/ready") == 503)
@@ -216,12 +216,7 @@ fn exit_with_the_main_work_file_or_process() {
             done.to_str().unwrap(),
         ],
     );
-    wait_for("ready", Duration::from_secs(20), || {
-        lg.ensure_running();
-        (status(local(admin), "/ready") == 200)
-            .then_some(())
-            .ok_or_else(|| "not ready".to_string())
-    });
+    wait_ready(&mut lg, admin);
     std::fs::write(&done, b"").unwrap();
     let exit = lg
         .wait_exit(Duration::from_secs(20))
@@ -253,12 +248,7 @@ fn exit_with_the_main_work_file_or_process() {
             &name,
         ],
     );
-    wait_for("ready", Duration::from_secs(20), || {
-        lg.ensure_running();
-        (status(local(admin), "/ready") == 200)
-            .then_some(())
-            .ok_or_else(|| "not ready".to_string())
-    });
+    wait_ready(&mut lg, admin);
     job.kill().unwrap();
     job.wait().unwrap();
     let exit = lg
