@@ -6,7 +6,7 @@
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, http_get, legate_bin, legate_cmd, local, wait_for, Proc, TempDir};
+use proc::{free_port, http_get, legate_cmd, legate_spawn, local, wait_for, wait_ready, TempDir};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
@@ -42,26 +42,27 @@ fn slow_upstream(delay: Duration) -> (SocketAddr, mpsc::Receiver<()>) {
     (addr, rx)
 }
 
-fn start(name: &str, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(legate_bin());
-    cmd.args(args);
-    Proc::spawn(name, &mut cmd).unwrap()
+/// `legate http` on a free port in front of `upstream`, admin on `admin`, plus `extra` flags.
+fn http_legate(name: &str, upstream: &str, admin: u16, extra: &[&str]) -> proc::Proc {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{admin}");
+    let mut args = vec![
+        "http",
+        "--listen",
+        &listen,
+        "--upstream",
+        upstream,
+        "--admin",
+        &admin,
+    ];
+    args.extend_from_slice(extra);
+    legate_spawn(name, &args)
 }
 
 fn status(admin: SocketAddr, path: &str) -> u16 {
     http_get(admin, path, Duration::from_secs(2))
         .map(|r| r.status)
         .unwrap_or(0)
-}
-
-/// Waits for `/ready` 200, failing fast if the process died.
-fn wait_ready(lg: &mut Proc, admin: u16) {
-    wait_for("ready", Duration::from_secs(20), || {
-        lg.ensure_running();
-        (status(local(admin), "/ready") == 200)
-            .then_some(())
-            .ok_or_else(|| "not ready".to_string())
-    });
 }
 
 fn post(admin: SocketAddr, path: &str) -> (u16, String) {
@@ -74,11 +75,11 @@ fn wait_startup_ready_and_shutdown() {
     let (port, admin) = (free_port(), free_port());
     let admin_s = format!("127.0.0.1:{admin}");
     // The app's entrypoint starts first and waits for legate.
-    let mut waiter = start(
+    let mut waiter = legate_spawn(
         "legate wait",
         &["wait", "--admin", &admin_s, "--timeout", "30s"],
     );
-    let mut lg = start(
+    let mut lg = legate_spawn(
         "legate http",
         &[
             "http",
@@ -119,7 +120,7 @@ fn wait_startup_ready_and_shutdown() {
 fn quit_drains_a_request_in_flight_then_exits_zero() {
     let (up, arrived) = slow_upstream(Duration::from_millis(800));
     let (port, admin) = (free_port(), free_port());
-    let mut lg = start(
+    let mut lg = legate_spawn(
         "legate http",
         &[
             "http",
@@ -178,7 +179,7 @@ upstreams:
 "#
             ),
         );
-        let mut lg = start("legate run", &["run", "-c", cfg.to_str().unwrap()]);
+        let mut lg = legate_spawn("legate run", &["run", "-c", cfg.to_str().unwrap()]);
         wait_ready(&mut lg, admin);
         lg.signal("TERM");
         wait_for("not ready after SIGTERM", Duration::from_secs(10), || {
@@ -202,19 +203,11 @@ fn exit_with_the_main_work_file_or_process() {
     let upstream = format!("http://{up}");
     let done = dir.path().join("done");
     let admin = free_port();
-    let mut lg = start(
+    let mut lg = http_legate(
         "legate exit-when-file",
-        &[
-            "http",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--upstream",
-            &upstream,
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-            "--exit-when-file",
-            done.to_str().unwrap(),
-        ],
+        &upstream,
+        admin,
+        &["--exit-when-file", done.to_str().unwrap()],
     );
     wait_ready(&mut lg, admin);
     std::fs::write(&done, b"").unwrap();
@@ -234,19 +227,11 @@ fn exit_with_the_main_work_file_or_process() {
             .map_err(|e| e.to_string())
     });
     let admin = free_port();
-    let mut lg = start(
+    let mut lg = http_legate(
         "legate exit-with-process",
-        &[
-            "http",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--upstream",
-            &upstream,
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-            "--exit-with-process",
-            &name,
-        ],
+        &upstream,
+        admin,
+        &["--exit-with-process", &name],
     );
     wait_ready(&mut lg, admin);
     job.kill().unwrap();
@@ -364,7 +349,7 @@ fn state_changing_admin_endpoints_refuse_other_hosts() {
     let (up, _) = slow_upstream(Duration::ZERO);
     let admin = free_port();
     let admin_addr = format!("{}:{admin}", ns.host_ip);
-    let mut lg = start(
+    let mut lg = legate_spawn(
         "legate http",
         &[
             "http",

@@ -12,28 +12,9 @@ mod pki;
 mod proc;
 
 use pg::{pgbench_select, psql, Pg, APP_PASSWORD};
-use proc::{free_port, http_get, legate_bin, local, wait_for, Proc, TempDir};
+use proc::{free_port, http_get, legate_ready, local, wait_for, Proc, TempDir};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-/// Starts the real binary with `args` and waits for its admin `/ready`.
-fn legate(name: &str, args: &[&str], admin: u16) -> Proc {
-    let mut cmd = Command::new(legate_bin());
-    cmd.args(args);
-    let mut p = Proc::spawn(name, &mut cmd).unwrap();
-    wait_for(&format!("{name} ready"), Duration::from_secs(20), || {
-        p.ensure_running();
-        let r =
-            http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        if r.status == 200 {
-            Ok(())
-        } else {
-            Err(format!("status {}", r.status))
-        }
-    });
-    p
-}
 
 fn metrics(admin: u16) -> String {
     http_get(local(admin), "/metrics", Duration::from_secs(5))
@@ -47,6 +28,18 @@ fn tcp_log(p: &Proc) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["type"] == "tcp")
         .collect()
+}
+
+/// Waits until `p` has logged a closed connection that `pred` accepts.
+fn wait_logged(p: &Proc, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    wait_for(what, Duration::from_secs(10), || {
+        let lines = tcp_log(p);
+        lines
+            .iter()
+            .any(&pred)
+            .then_some(())
+            .ok_or_else(|| format!("{lines:?}"))
+    });
 }
 
 fn s(p: &Path) -> &str {
@@ -63,7 +56,7 @@ fn postgres_tls_mode_with_a_client_certificate() {
     let listen = format!("127.0.0.1:{port}");
     let upstream = format!("127.0.0.1:{}", pg.port);
     let admin_addr = format!("127.0.0.1:{admin}");
-    let lg = legate(
+    let lg = legate_ready(
         "legate tcp",
         &[
             "tcp",
@@ -141,7 +134,7 @@ fn postgres_tls_mode_with_a_client_certificate() {
     let (f_port, f_admin) = (free_port(), free_port());
     let f_listen = format!("127.0.0.1:{f_port}");
     let f_admin_addr = format!("127.0.0.1:{f_admin}");
-    let lf = legate(
+    let lf = legate_ready(
         "legate foreign cert",
         &[
             "tcp",
@@ -170,13 +163,8 @@ fn postgres_tls_mode_with_a_client_certificate() {
     )
     .unwrap_err();
     assert!(!err.is_empty());
-    wait_for("the refusal logged", Duration::from_secs(10), || {
-        let lines = tcp_log(&lf);
-        lines
-            .iter()
-            .any(|l| l["close"].as_str().unwrap_or("").starts_with("tls-"))
-            .then_some(())
-            .ok_or_else(|| format!("{lines:?}"))
+    wait_logged(&lf, "the refusal logged", |l| {
+        l["close"].as_str().unwrap_or("").starts_with("tls-")
     });
 
     let report = pgbench_select("127.0.0.1", port, "certuser", 10);
@@ -253,7 +241,7 @@ upstreams:
     let file = dir.write("legate.yaml", &config);
     let check = proc::legate_cmd(&["check", "-c", s(&file)]);
     assert_eq!(check.code(), Some(0), "{}", check.describe());
-    let lg = legate("legate run", &["run", "-c", s(&file)], admin);
+    let lg = legate_ready("legate run", &["run", "-c", s(&file)], admin);
 
     // The app names whatever user it likes and has no password; legate logs in as `app`.
     let who = "select current_user, (select ssl from pg_stat_ssl where pid = pg_backend_pid())";
@@ -379,8 +367,8 @@ upstreams:
         )
     };
     let a = dir.write("a.yaml", a_cfg("a-client", a_port, a_admin));
-    let lb = legate("legate B", &["run", "-c", s(&b)], b_admin);
-    let la = legate("legate A", &["run", "-c", s(&a)], a_admin);
+    let lb = legate_ready("legate B", &["run", "-c", s(&b)], b_admin);
+    let la = legate_ready("legate A", &["run", "-c", s(&a)], a_admin);
     let via = format!("host=127.0.0.1 port={a_port} user=certuser dbname=postgres");
     let out = psql(
         &via,
@@ -393,20 +381,15 @@ upstreams:
     // An ambassador whose identity B does not allow gets nowhere; B says who it refused.
     let (i_port, i_admin) = (free_port(), free_port());
     let i = dir.write("intruder.yaml", a_cfg("intruder", i_port, i_admin));
-    let _li = legate("intruder", &["run", "-c", s(&i)], i_admin);
+    let _li = legate_ready("intruder", &["run", "-c", s(&i)], i_admin);
     let err = psql(
         &format!("host=127.0.0.1 port={i_port} user=certuser dbname=postgres"),
         "select 1",
     )
     .unwrap_err();
     assert!(!err.is_empty());
-    wait_for("B logs the refusal", Duration::from_secs(10), || {
-        let lines = tcp_log(&lb);
-        lines
-            .iter()
-            .any(|l| l["close"] == "tls-peer-not-allowed")
-            .then_some(())
-            .ok_or_else(|| format!("{lines:?}"))
+    wait_logged(&lb, "B logs the refusal", |l| {
+        l["close"] == "tls-peer-not-allowed"
     });
     assert!(lb
         .stdout_lines()

@@ -8,10 +8,9 @@ mod pki;
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, http_get, legate_bin, local, wait_for, Proc, TempDir};
+use proc::{free_port, legate_ready, local, TempDir};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,21 +27,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn start(name: &str, cfg: &std::path::Path, admin: u16) -> Proc {
-    let mut cmd = Command::new(legate_bin());
-    cmd.args(["run", "-c", cfg.to_str().unwrap()]);
-    let mut p = Proc::spawn(name, &mut cmd).unwrap();
-    wait_for(&format!("{name} ready"), Duration::from_secs(20), || {
-        p.ensure_running();
-        let r =
-            http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        (r.status == 200)
-            .then_some(())
-            .ok_or(format!("status {}", r.status))
-    });
-    p
 }
 
 #[test]
@@ -123,8 +107,8 @@ upstreams:
 "#
         ),
     );
-    let lb = start("legate B", &b, b_admin);
-    let la = start("legate A", &a, a_admin);
+    let lb = legate_ready("legate B", &["run", "-c", b.to_str().unwrap()], b_admin);
+    let la = legate_ready("legate A", &["run", "-c", a.to_str().unwrap()], a_admin);
     let base = (rss_kib(la.pid()), rss_kib(lb.pid()));
 
     let done = Arc::new(AtomicBool::new(false));

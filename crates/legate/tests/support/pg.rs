@@ -61,6 +61,16 @@ fn as_pg(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Runs `cmd` to completion; fails the test with its stderr if it did not succeed.
+fn run_ok(what: &str, cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn chown_r(path: &Path) {
     if let Some((uid, gid)) = run_as() {
         let status = Command::new("chown")
@@ -89,21 +99,17 @@ impl Pg {
         let dir = TempDir::new("pg");
         let data = dir.path().join("data");
         chown_r(dir.path());
-        let out = as_pg(Command::new(bin.join("initdb")).args([
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ]))
-        .output()
-        .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            "initdb",
+            as_pg(Command::new(bin.join("initdb")).args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ])),
         );
         let ca = Ca::new("legate test db CA");
         let server = ca.issue(pki::server(&["localhost", "127.0.0.1"]));
@@ -168,8 +174,9 @@ impl Pg {
 
     /// `pgbench -i` tables, readable by the test users.
     pub fn init_pgbench(&self) {
-        let out = Command::new("pgbench")
-            .args([
+        run_ok(
+            "pgbench -i",
+            Command::new("pgbench").args([
                 "-i",
                 "-q",
                 "-h",
@@ -179,13 +186,7 @@ impl Pg {
                 "-U",
                 "postgres",
                 "postgres",
-            ])
-            .output()
-            .expect("run pgbench -i");
-        assert!(
-            out.status.success(),
-            "pgbench -i: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
         );
         self.psql_local("grant select on all tables in schema public to app, certuser")
             .expect("grant");

@@ -316,6 +316,33 @@ pub fn run_with_deadline(name: &str, cmd: &mut Command, deadline: Duration) -> F
 }
 
 /// Runs the legate binary with `args` (must exit within 20 s).
+/// Starts the real binary with `args` (not waiting for anything).
+pub fn legate_spawn(name: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(legate_bin());
+    cmd.args(args);
+    Proc::spawn(name, &mut cmd).expect("spawn the legate binary")
+}
+
+/// Waits until the legate whose admin listens on 127.0.0.1:`admin` answers `/ready` 200,
+/// failing fast (with its output) if the process died.
+pub fn wait_ready(p: &mut Proc, admin: u16) {
+    wait_for("legate /ready", STARTUP_DEADLINE, || {
+        p.ensure_running();
+        let r =
+            http_get(local(admin), "/ready", Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        (r.status == 200)
+            .then_some(())
+            .ok_or_else(|| format!("status {}", r.status))
+    });
+}
+
+/// `legate_spawn`, then `wait_ready`.
+pub fn legate_ready(name: &str, args: &[&str], admin: u16) -> Proc {
+    let mut p = legate_spawn(name, args);
+    wait_ready(&mut p, admin);
+    p
+}
+
 pub fn legate_cmd(args: &[&str]) -> Finished {
     let mut cmd = Command::new(legate_bin());
     cmd.args(args);
