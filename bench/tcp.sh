@@ -373,6 +373,13 @@ start_legate() {
     launch "$PROXY_CPU" "$dir/legate.log" "$LEGATE_BIN" run -c "$dir/legate.yaml"
 }
 
+# stunnel_server ACCEPT_PORT CONNECT_PORT: the service lines of an stunnel terminating mTLS
+# (the bench CA's server certificate; a client certificate from the same CA required).
+stunnel_server() {
+    printf '%s\n' "accept = 127.0.0.1:$1" "connect = 127.0.0.1:$2" "cert = $pki/server.pem" \
+        "key = $pki/server.key" "CAfile = $ca" "verifyChain = yes" "requireCert = yes"
+}
+
 # start_stunnel NAME SERVICE_LINES: one stunnel process with one service.
 start_stunnel() {
     local dir=$work/$1
@@ -663,13 +670,7 @@ upstreams:
     stunnel-tls)
         pick_port pb
         pick_port bulk_port
-        start_stunnel stunnel-b "accept = 127.0.0.1:$pb
-connect = 127.0.0.1:$sink_port
-cert = $pki/server.pem
-key = $pki/server.key
-CAfile = $ca
-verifyChain = yes
-requireCert = yes"
+        start_stunnel stunnel-b "$(stunnel_server "$pb" "$sink_port")"
         proxy_pids=$launched
         start_stunnel stunnel-a "client = yes
 accept = 127.0.0.1:$bulk_port
@@ -822,13 +823,7 @@ sni = localhost"
         proxy_logs="$work/mem-$1/stunnel.log"
         ;;
     stunnel-server)
-        start_stunnel "mem-$1" "accept = 127.0.0.1:$mem_port
-connect = 127.0.0.1:$hold_port
-cert = $pki/server.pem
-key = $pki/server.key
-CAfile = $ca
-verifyChain = yes
-requireCert = yes"
+        start_stunnel "mem-$1" "$(stunnel_server "$mem_port" "$hold_port")"
         proxy_pids=$launched
         proxy_logs="$work/mem-$1/stunnel.log"
         client_tls=(--ca "$ca" --server-name localhost --cert "$pki/client.pem" --key "$pki/client.key")
