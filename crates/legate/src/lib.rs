@@ -13,7 +13,6 @@ pub mod demo;
 pub mod http;
 pub mod lifecycle;
 pub mod listen;
-pub mod reload;
 pub mod server;
 pub mod tcp;
 pub mod telemetry;

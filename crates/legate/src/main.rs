@@ -291,11 +291,12 @@ fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
     checked(cfg)
 }
 
-fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
+fn run(cfg: config::Config, config_file: Option<server::ConfigSource>) -> anyhow::Result<ExitCode> {
     let running = server::start(
         cfg,
         Options {
             handle_signals: true,
+            config_file,
             ..Default::default()
         },
     )
@@ -318,7 +319,7 @@ fn quick(
         return Ok(ExitCode::SUCCESS);
     }
     legate::telemetry::logging::init(log_level);
-    run(cfg)
+    run(cfg, None)
 }
 
 fn addr_flag(flag: &str, v: &str) -> anyhow::Result<std::net::SocketAddr> {
@@ -385,13 +386,22 @@ fn main() -> ExitCode {
             exit,
         } => {
             legate::telemetry::logging::init(cli.log_level.as_deref());
-            match config::load_file(&config) {
-                Ok(mut cfg) => {
-                    if workers.is_some() {
-                        cfg.runtime.workers = workers;
-                    }
-                    exit.apply(&mut cfg);
-                    run(cfg)
+            match config::load_file_hashed(&config, config::Files::Check) {
+                Ok((mut cfg, hash)) => {
+                    // Flags win over the file, at start and at every reload.
+                    let overrides = move |cfg: &mut config::Config| {
+                        if workers.is_some() {
+                            cfg.runtime.workers = workers;
+                        }
+                        exit.apply(cfg);
+                    };
+                    overrides(&mut cfg);
+                    let source = server::ConfigSource {
+                        path: config,
+                        hash,
+                        overrides: std::sync::Arc::new(overrides),
+                    };
+                    run(cfg, Some(source))
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             }

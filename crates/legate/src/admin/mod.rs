@@ -1,5 +1,5 @@
 //! The admin server (default 127.0.0.1:9901): `/startup`, `/live`, `/ready`, `/metrics`,
-//! `/config`, and `POST /quitquitquit` (`/quit`).
+//! `/config`, `POST /reload` and `POST /quitquitquit` (`/quit`).
 //!
 //! Admin may bind beyond loopback so the kubelet can probe it; then every endpoint that changes
 //! state answers only loopback peers (linkerd's rule), and `/config` too unless
@@ -7,6 +7,7 @@
 
 use crate::lifecycle::State;
 use crate::telemetry::metrics::Metrics;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -19,8 +20,26 @@ use std::sync::Arc;
 pub struct Admin {
     pub state: Arc<State>,
     pub metrics: Arc<Metrics>,
+    /// What the running config says about admin; replaced by each reload.
+    pub view: Arc<ArcSwap<AdminView>>,
+    /// Asks the control thread to reload the config file; the answer comes back on the
+    /// oneshot. `None` in processes that do not reload (tests that build a config in memory).
+    pub reload: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadOutcome>>>,
+}
+
+/// The running config as admin shows it.
+#[derive(Default, Clone)]
+pub struct AdminView {
     /// The effective config as YAML, secrets already redacted.
     pub config_yaml: String,
+    /// `sha256:<hex>` of the config file's bytes (of the generated YAML in quick mode).
+    pub hash: String,
+    /// Where the config came from: the file, or `command line`.
+    pub source: String,
+    /// When the running config was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// The last reload that failed since, with when: its errors, one per line.
+    pub last_error: Option<String>,
     /// Upstreams whose certificates are not verified (`insecure_skip_verify`): every `/config`
     /// read says so in the log, so the setting cannot hide.
     pub insecure_upstreams: Vec<String>,
@@ -28,6 +47,45 @@ pub struct Admin {
     pub expose_config: bool,
     /// `admin.allow_get_quit`: the quit endpoints answer GET as well as POST.
     pub allow_get_quit: bool,
+}
+
+impl AdminView {
+    /// `/config`: a header of YAML comments (hash, load time, last error) over the config, so
+    /// the whole answer still parses as the config it shows.
+    fn config_text(&self) -> String {
+        let mut out = format!(
+            "# legate running config\n# hash: {}\n# source: {}\n# loaded_at: {}\n",
+            self.hash, self.source, self.loaded_at
+        );
+        match &self.last_error {
+            None => out.push_str("# last_reload_error: none\n"),
+            Some(e) => {
+                out.push_str("# last_reload_error: |\n");
+                for line in e.lines() {
+                    out.push_str("#   ");
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out.push_str(&self.config_yaml);
+        out
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub enum ReloadOutcome {
+    /// The new config runs; `notes` says what changed and what needs a restart.
+    Applied { hash: String, notes: Vec<String> },
+    /// The file's content is what already runs.
+    Unchanged { hash: String },
+    /// The running config stays; every problem found, one per entry.
+    Failed { errors: Vec<String> },
+    /// Nothing to reload: legate runs from command-line flags.
+    NoFile,
+    /// Draining: a reload now would only slow the exit.
+    Draining,
 }
 
 /// Loopback, including IPv4-mapped IPv6 loopback.
@@ -49,15 +107,86 @@ fn text(
     r
 }
 
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+fn forbidden_state_change(peer: std::net::SocketAddr, path: &str) -> Response<Full<Bytes>> {
+    tracing::warn!(%peer, path, "refused: state-changing admin endpoint from a non-loopback peer");
+    text(
+        StatusCode::FORBIDDEN,
+        PLAIN,
+        "forbidden: only loopback peers may change legate's state\n",
+    )
+}
+
 impl Admin {
-    pub fn respond(
+    pub async fn respond(
         &self,
         req: &Request<Incoming>,
         peer: std::net::SocketAddr,
     ) -> Response<Full<Bytes>> {
-        const PLAIN: &str = "text/plain; charset=utf-8";
+        if req.method() == Method::POST && req.uri().path() == "/reload" {
+            if !is_loopback(peer) {
+                return forbidden_state_change(peer, "/reload");
+            }
+            return self.reload(peer).await;
+        }
+        self.respond_now(req, peer)
+    }
+
+    async fn reload(&self, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+        tracing::info!(%peer, "reload requested");
+        let Some(tx) = &self.reload else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                PLAIN,
+                "nothing to reload: this legate was not started from a config file\n",
+            );
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send(reply).await.is_err() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "stopping\n");
+        }
+        match answer.await {
+            Ok(ReloadOutcome::Applied { hash, notes }) => {
+                let mut body = format!("reloaded: {hash}\n");
+                for n in notes {
+                    body.push_str(&n);
+                    body.push('\n');
+                }
+                text(StatusCode::OK, PLAIN, body)
+            }
+            Ok(ReloadOutcome::Unchanged { hash }) => {
+                text(StatusCode::OK, PLAIN, format!("unchanged: {hash}\n"))
+            }
+            Ok(ReloadOutcome::Failed { errors }) => {
+                let mut body = String::from("reload failed; the running config stays:\n");
+                for e in errors {
+                    body.push_str(&e);
+                    body.push('\n');
+                }
+                text(StatusCode::BAD_REQUEST, PLAIN, body)
+            }
+            Ok(ReloadOutcome::NoFile) => text(
+                StatusCode::BAD_REQUEST,
+                PLAIN,
+                "nothing to reload: legate runs from command-line flags, not a config file\n",
+            ),
+            Ok(ReloadOutcome::Draining) | Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
+                "draining: not reloading\n",
+            ),
+        }
+    }
+
+    fn respond_now(
+        &self,
+        req: &Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let local = is_loopback(peer);
         let path = req.uri().path();
+        let view = self.view.load();
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, PLAIN, "live\n"),
             (&Method::GET | &Method::HEAD, "/startup") => {
@@ -68,21 +197,16 @@ impl Admin {
                 }
             }
             (method, "/quitquitquit" | "/quit")
-                if method == Method::POST || (method == Method::GET && self.allow_get_quit) =>
+                if method == Method::POST || (method == Method::GET && view.allow_get_quit) =>
             {
                 if !local {
-                    tracing::warn!(%peer, path, "refused: state-changing admin endpoint from a non-loopback peer");
-                    return text(
-                        StatusCode::FORBIDDEN,
-                        PLAIN,
-                        "forbidden: only loopback peers may change legate's state\n",
-                    );
+                    return forbidden_state_change(peer, path);
                 }
                 tracing::info!(%peer, path, "quit requested");
                 self.state.begin_shutdown("quit endpoint");
                 text(StatusCode::OK, PLAIN, "draining\n")
             }
-            (&Method::GET, "/config") if !local && !self.expose_config => {
+            (&Method::GET, "/config") if !local && !view.expose_config => {
                 tracing::warn!(%peer, "refused: /config from a non-loopback peer (admin.expose_config is off)");
                 text(
                     StatusCode::FORBIDDEN,
@@ -111,15 +235,19 @@ impl Admin {
                 self.metrics.encode(),
             ),
             (&Method::GET, "/config") => {
-                for u in &self.insecure_upstreams {
+                for u in &view.insecure_upstreams {
                     tracing::warn!(upstream = %u, "insecure_skip_verify is on: this upstream's TLS certificate is not verified");
                 }
-                text(StatusCode::OK, "application/yaml", self.config_yaml.clone())
+                let mut r = text(StatusCode::OK, "application/yaml", view.config_text());
+                if let Ok(h) = header::HeaderValue::from_str(&view.hash) {
+                    r.headers_mut().insert("legate-config-hash", h);
+                }
+                r
             }
             (
                 _,
                 "/live" | "/ready" | "/startup" | "/metrics" | "/config" | "/quitquitquit"
-                | "/quit",
+                | "/quit" | "/reload",
             ) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 PLAIN,
@@ -128,7 +256,7 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,
-                "not found: try /startup /ready /live /metrics /config, POST /quitquitquit\n",
+                "not found: try /startup /ready /live /metrics /config, POST /reload, POST /quitquitquit\n",
             ),
         }
     }
@@ -156,8 +284,8 @@ pub async fn serve(
                 let admin = admin.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let resp = admin.respond(&req, peer);
-                        async move { Ok::<_, Infallible>(resp) }
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.respond(&req, peer).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)

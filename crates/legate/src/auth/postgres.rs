@@ -3,7 +3,7 @@
 //! rotated password is used by the next connection without a restart.
 
 use crate::config::PostgresLogin;
-use crate::reload::Reloadable;
+use crate::lifecycle::files::Reloadable;
 use crate::tcp::postgres::login::Credentials;
 use crate::tls::cert_info::CertInfo;
 use crate::tls::load::read_secret;

@@ -3,7 +3,7 @@
 //! value is re-read when the files change and is marked sensitive, so HTTP/2 never puts it in
 //! a compression table; it never appears in logs or `/config`.
 
-use crate::reload::Reloadable;
+use crate::lifecycle::files::Reloadable;
 use crate::tls::cert_info::CertInfo;
 use crate::tls::load::read_secret;
 use crate::tls::TlsError;

@@ -85,12 +85,38 @@ pub enum Files {
 }
 
 pub fn load_file_with(path: &Path, files: Files) -> Result<Config, ConfigError> {
+    load_file_hashed(path, files).map(|(cfg, _)| cfg)
+}
+
+/// `sha256:<hex>` of a config's text: what `/config` and `legate_config_info` show, and what
+/// `sha256sum` prints for the file.
+pub fn hash_text(text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in d.as_ref() {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// As `load_file_with`, with the hash of the bytes that were read (one read: the hash is of
+/// exactly what was validated).
+pub fn load_file_hashed(path: &Path, files: Files) -> Result<(Config, String), ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: file.clone(),
         source,
     })?;
-    let cfg = load_str(&file, &text, |k| std::env::var(k).ok())?;
+    let hash = hash_text(&text);
+    let cfg = load_text(&file, &text, files)?;
+    Ok((cfg, hash))
+}
+
+fn load_text(file: &str, text: &str, files: Files) -> Result<Config, ConfigError> {
+    let file = file.to_string();
+    let cfg = load_str(&file, text, |k| std::env::var(k).ok())?;
     if files == Files::Skip {
         return Ok(cfg);
     }
@@ -98,7 +124,7 @@ pub fn load_file_with(path: &Path, files: Files) -> Result<Config, ConfigError> 
     if issues.is_empty() {
         return Ok(cfg);
     }
-    let expanded = env::expand(&text, |k| std::env::var(k).ok()).unwrap_or_default();
+    let expanded = env::expand(text, |k| std::env::var(k).ok()).unwrap_or_default();
     let locator = locate::Locator::new(&expanded);
     let mut diags: Vec<Diagnostic> = issues
         .into_iter()

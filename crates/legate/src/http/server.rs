@@ -4,7 +4,7 @@
 
 use super::proxy::{self, ConnInfo, ListenerCtx};
 use crate::config::ListenerLimits;
-use crate::listen::{ConnSlot, ConnTracker, Tracked};
+use crate::listen::{ConnSlot, ConnTracker, ServingHandle, Tracked};
 use crate::tls::server::ServerTls;
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
@@ -102,10 +102,14 @@ async fn with_graceful<C, E>(
     }
 }
 
+/// `listener` is the snapshot the connection was accepted with (its TLS, its protocol
+/// settings); each request reads the listener's current routes from `current`.
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     stream: TcpStream,
     builder: &Arc<ConnBuilder>,
     listener: Arc<ListenerCtx>,
+    current: ServingHandle,
     pools: Arc<Pools>,
     tracker: &Arc<ConnTracker>,
     slot: Option<ConnSlot>,
@@ -131,7 +135,7 @@ pub fn serve(
                     h2,
                     conn,
                     &builder,
-                    listener,
+                    (listener, current),
                     pools,
                     shutdown,
                 )
@@ -147,7 +151,7 @@ pub fn serve(
                     h2,
                     conn,
                     &builder,
-                    listener,
+                    (listener, current),
                     pools,
                     shutdown,
                 )
@@ -177,16 +181,21 @@ async fn serve_http<I>(
     h2: bool,
     conn: ConnInfo,
     builder: &ConnBuilder,
-    listener: Arc<ListenerCtx>,
+    (accepted_with, current): (Arc<ListenerCtx>, ServingHandle),
     pools: Arc<Pools>,
     shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new((listener, pools, conn));
+    let ctx = Arc::new((accepted_with, current, pools, conn));
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&ctx.0, &ctx.1, &ctx.2, req).await) }
+        async move {
+            // The listener's routes as of this request; a reload never changes its protocol.
+            let listener = ctx.1.load().http().cloned();
+            let listener = listener.as_ref().unwrap_or(&ctx.0);
+            Ok::<_, Infallible>(proxy::handle(listener, &ctx.2, &ctx.3, req).await)
+        }
     });
     if h2 {
         let conn = builder.h2.serve_connection(io, svc);

@@ -7,9 +7,10 @@
 //! finishes within `drain_timeout`, and the process exits with the code the drain set.
 
 pub mod exit;
+pub mod files;
 pub mod probe;
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -24,8 +25,33 @@ pub struct State {
     saturated: AtomicUsize,
     /// What the process exits with once drained.
     exit_code: AtomicI32,
-    min_delay: Duration,
+    /// The `shutdown:` settings a reload may change, read when the drain begins.
+    min_delay_ms: AtomicU64,
+    drain_timeout_ms: AtomicU64,
+    exit_zero_on_sigterm: AtomicBool,
     shutdown: watch::Sender<bool>,
+}
+
+/// The `shutdown:` settings that take effect without a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainSettings {
+    pub min_delay: Duration,
+    pub drain_timeout: Duration,
+    pub exit_zero_on_sigterm: bool,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(30),
+            exit_zero_on_sigterm: true,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for State {
@@ -36,20 +62,53 @@ impl Default for State {
 
 impl State {
     pub fn new() -> Self {
-        Self::with_min_delay(Duration::ZERO)
+        Self::with_drain(DrainSettings::default())
     }
 
-    /// `min_delay`: how long new connections are still accepted once the drain begins.
-    pub fn with_min_delay(min_delay: Duration) -> Self {
-        Self {
+    pub fn with_drain(d: DrainSettings) -> Self {
+        let s = Self {
             started: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             saturated: AtomicUsize::new(0),
             exit_code: AtomicI32::new(0),
-            min_delay,
+            min_delay_ms: AtomicU64::new(0),
+            drain_timeout_ms: AtomicU64::new(0),
+            exit_zero_on_sigterm: AtomicBool::new(true),
             shutdown: watch::channel(false).0,
-        }
+        };
+        s.set_drain(d);
+        s
+    }
+
+    /// `min_delay`: how long new connections are still accepted once the drain begins.
+    pub fn with_min_delay(min_delay: Duration) -> Self {
+        Self::with_drain(DrainSettings {
+            min_delay,
+            ..DrainSettings::default()
+        })
+    }
+
+    /// Applies reloaded `shutdown:` settings (a drain already under way keeps its own).
+    pub fn set_drain(&self, d: DrainSettings) {
+        self.min_delay_ms
+            .store(millis(d.min_delay), Ordering::SeqCst);
+        self.drain_timeout_ms
+            .store(millis(d.drain_timeout), Ordering::SeqCst);
+        self.exit_zero_on_sigterm
+            .store(d.exit_zero_on_sigterm, Ordering::SeqCst);
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms.load(Ordering::SeqCst))
+    }
+
+    fn min_delay(&self) -> Duration {
+        Duration::from_millis(self.min_delay_ms.load(Ordering::SeqCst))
+    }
+
+    pub fn exit_zero_on_sigterm(&self) -> bool {
+        self.exit_zero_on_sigterm.load(Ordering::SeqCst)
     }
 
     /// Startup is complete: ready from now on (unless draining), started for good.
@@ -101,7 +160,8 @@ impl State {
         }
         self.exit_code.store(exit_code, Ordering::SeqCst);
         self.ready.store(false, Ordering::SeqCst);
-        if self.min_delay.is_zero() {
+        let delay = self.min_delay();
+        if delay.is_zero() {
             tracing::info!(
                 reason = why,
                 "draining: no new connections; finishing in-flight requests"
@@ -109,10 +169,9 @@ impl State {
             self.shutdown.send_replace(true);
             return;
         }
-        tracing::info!(reason = why, min_delay = ?self.min_delay,
+        tracing::info!(reason = why, min_delay = ?delay,
             "draining: not ready; still accepting connections for min_delay");
         let tx = self.shutdown.clone();
-        let delay = self.min_delay;
         let spawned = std::thread::Builder::new()
             .name("legate-min-delay".into())
             .spawn(move || {
@@ -130,9 +189,9 @@ impl State {
     }
 }
 
-/// Waits for SIGTERM or SIGINT and starts the drain; a second signal exits at once.
-/// `exit_zero`: `shutdown.exit_zero_on_sigterm`.
-pub async fn watch_signals(state: std::sync::Arc<State>, exit_zero: bool) {
+/// Waits for SIGTERM or SIGINT and starts the drain (exit 0, or 143/130 without
+/// `shutdown.exit_zero_on_sigterm`); a second signal exits at once.
+pub async fn watch_signals(state: std::sync::Arc<State>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -147,6 +206,7 @@ pub async fn watch_signals(state: std::sync::Arc<State>, exit_zero: bool) {
         _ = term.recv() => ("SIGTERM", 143),
         _ = int.recv() => ("SIGINT", 130),
     };
+    let exit_zero = state.exit_zero_on_sigterm();
     state.begin_shutdown_with(name, if exit_zero { 0 } else { code });
     tokio::select! {
         _ = term.recv() => {},

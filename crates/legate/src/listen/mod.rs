@@ -87,13 +87,88 @@ pub enum Service {
     Tcp(Arc<TcpListenerCtx>),
 }
 
+/// A listener's compiled settings: one snapshot of the config.
+pub struct Serving {
+    pub service: Service,
+    /// Shared by every worker's socket of this listener.
+    pub limit: Option<Arc<ConnLimit>>,
+}
+
+impl Serving {
+    pub fn http(&self) -> Option<&Arc<ListenerCtx>> {
+        match &self.service {
+            Service::Http { ctx, .. } => Some(ctx),
+            Service::Tcp(_) => None,
+        }
+    }
+}
+
+/// The listener's current snapshot. A reload stores a new one; each connection reads it when
+/// accepted and each HTTP request when it arrives, and keeps what it read until it is done (so
+/// in-flight work finishes on the snapshot it started with).
+pub type ServingHandle = Arc<arc_swap::ArcSwap<Serving>>;
+
 /// A listener as one worker runs it.
 pub struct Accepting {
     pub name: Arc<str>,
     pub socket: Bound,
-    pub service: Service,
-    /// Shared by every worker's socket of this listener.
-    pub limit: Option<Arc<ConnLimit>>,
+    pub serving: ServingHandle,
+    /// Flips when a reload removes (or rebinds) this listener.
+    pub removed: watch::Receiver<bool>,
+}
+
+/// A listener's sockets, one per worker, before any worker runs them.
+pub struct BoundListener {
+    pub sockets: Vec<Bound>,
+    /// The bound TCP address (port 0 resolved); `None` for a Unix socket.
+    pub addr: Option<SocketAddr>,
+    /// The socket file legate created, to remove when the listener goes.
+    pub unix_path: Option<std::path::PathBuf>,
+}
+
+/// Binds one listener for `workers` workers: a TCP socket each (SO_REUSEPORT), or one Unix
+/// socket file whose descriptor they share.
+pub fn bind_listener(
+    l: &crate::config::ListenerConfig,
+    workers: usize,
+) -> Result<BoundListener, BindError> {
+    use crate::config::ListenOn;
+    let what = format!("listener `{}`", l.name);
+    match &l.listen {
+        ListenOn::Tcp(a) => {
+            let sockets = bind_shared(&what, a.0, workers)?;
+            let addr = sockets[0]
+                .local_addr()
+                .map_err(|source| BindError::new(&what, a, source))?;
+            Ok(BoundListener {
+                sockets: sockets.into_iter().map(Bound::Tcp).collect(),
+                addr: Some(addr),
+                unix_path: None,
+            })
+        }
+        ListenOn::Unix(path) => {
+            let mode = l
+                .socket_mode
+                .map_or(crate::config::DEFAULT_SOCKET_MODE, |m| m.0);
+            let first = unix::bind(&what, path, mode)?;
+            let mut sockets = Vec::with_capacity(workers);
+            for _ in 1..workers.max(1) {
+                match first.try_clone() {
+                    Ok(s) => sockets.push(Bound::Unix(s)),
+                    Err(source) => {
+                        unix::remove(path);
+                        return Err(BindError::new(&what, l.listen.to_string(), source));
+                    }
+                }
+            }
+            sockets.push(Bound::Unix(first));
+            Ok(BoundListener {
+                sockets,
+                addr: None,
+                unix_path: Some(path.clone()),
+            })
+        }
+    }
 }
 
 enum Listening {
@@ -115,12 +190,27 @@ impl Listening {
     }
 }
 
-/// Accepts until `shutdown` flips, then drops the socket so new connections are refused.
+/// Accepts until `shutdown` flips or a reload removes the listener, then drops the socket so
+/// new connections are refused and asks its HTTP connections to finish (`Connection: close`,
+/// GOAWAY, idle ones closed). Tunnels are left to the worker's drain: a reload that removes a
+/// TCP listener does not cut the database sessions it carries.
 pub async fn accept_loop(
     a: Accepting,
     pools: Arc<Pools>,
     tracker: Arc<ConnTracker>,
     mut shutdown: watch::Receiver<bool>,
+) {
+    let (finish, finishing) = watch::channel(false);
+    accept_until_stopped(a, &pools, &tracker, &mut shutdown, &finishing).await;
+    finish.send_replace(true);
+}
+
+async fn accept_until_stopped(
+    mut a: Accepting,
+    pools: &Arc<Pools>,
+    tracker: &Arc<ConnTracker>,
+    shutdown: &mut watch::Receiver<bool>,
+    finishing: &watch::Receiver<bool>,
 ) {
     let registered = match a.socket {
         Bound::Tcp(s) => tokio::net::TcpListener::from_std(s).map(Listening::Tcp),
@@ -139,6 +229,10 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break,
+            _ = a.removed.wait_for(|s| *s) => {
+                tracing::info!(listener = %a.name, "listener removed by a reload: no longer accepting");
+                break;
+            }
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -152,7 +246,8 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let slot = match &a.limit {
+        let serving = a.serving.load_full();
+        let slot = match &serving.limit {
             None => None,
             Some(limit) => match limit.try_acquire() {
                 Some(slot) => Some(slot),
@@ -167,22 +262,23 @@ pub async fn accept_loop(
                 }
             },
         };
-        match (&a.service, stream) {
+        match (&serving.service, stream) {
             (Service::Http { ctx, builder }, Accepted::Tcp(stream, _)) => server::serve(
                 stream,
                 builder,
                 ctx.clone(),
+                a.serving.clone(),
                 pools.clone(),
-                &tracker,
+                tracker,
                 slot,
-                shutdown.clone(),
+                finishing.clone(),
             ),
             (Service::Tcp(ctx), Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                crate::tcp::spawn(ctx.clone(), stream, Some(peer), &tracker, slot);
+                crate::tcp::spawn(ctx.clone(), stream, Some(peer), tracker, slot);
             }
             (Service::Tcp(ctx), Accepted::Unix(stream)) => {
-                crate::tcp::spawn(ctx.clone(), stream, None, &tracker, slot);
+                crate::tcp::spawn(ctx.clone(), stream, None, tracker, slot);
             }
             (Service::Http { .. }, Accepted::Unix(_)) => {
                 // The validator keeps HTTP listeners off Unix sockets.

@@ -60,6 +60,13 @@ pub fn bind(what: &str, path: &Path, mode: u32) -> Result<UnixListener, BindErro
     Ok(listener)
 }
 
+/// A reload that changed `socket_mode` on a listener it kept.
+pub fn set_mode(path: &Path, mode: u32) {
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot change socket_mode");
+    }
+}
+
 /// Removes a socket file legate created, if it is still a socket.
 pub fn remove(path: &Path) {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {

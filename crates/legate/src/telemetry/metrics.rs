@@ -132,6 +132,17 @@ pub struct HealthCheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabels {
     pub name: String,
 }
@@ -188,6 +199,10 @@ pub struct Metrics {
     pub tcp_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     pub tcp_connect_failures: Family<ConnectFailureLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_info: Family<ConfigLabels, Gauge>,
+    pub config_last_reload_successful: Gauge,
+    pub config_last_reload_success_time: Gauge,
     pub tls_reloads: Family<NameLabels, Counter>,
     pub tls_reload_failures: Family<NameLabels, Counter>,
     pub tls_cert_expiry: Family<NameLabels, Gauge>,
@@ -332,6 +347,30 @@ impl Metrics {
             "Active health checks, by result",
             health_checks.clone(),
         );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_info = Family::<ConfigLabels, Gauge>::default();
+        let config_last_reload_successful = Gauge::default();
+        let config_last_reload_success_time = Gauge::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads tried (file change, SIGHUP, POST /reload), by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_info",
+            "1 for the hash (sha256 of the file) of the config that runs now",
+            config_info.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the last config reload succeeded (or none was tried), 0 if it failed",
+            config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (Unix time)",
+            config_last_reload_success_time.clone(),
+        );
         let tls_reloads = Family::<NameLabels, Counter>::default();
         let tls_reload_failures = Family::<NameLabels, Counter>::default();
         let tls_cert_expiry = Family::<NameLabels, Gauge>::default();
@@ -415,6 +454,10 @@ impl Metrics {
             tcp_duration,
             tcp_connect_failures,
             refused,
+            config_reloads,
+            config_info,
+            config_last_reload_successful,
+            config_last_reload_success_time,
             tls_reloads,
             tls_reload_failures,
             tls_cert_expiry,
@@ -438,6 +481,34 @@ impl Metrics {
             connections_active,
             connections_opened,
             connections_reused,
+        }
+    }
+
+    /// The running config is now `hash`, loaded at `unix_time` (`previous`: the one it
+    /// replaced, whose info series goes).
+    pub fn config_loaded(&self, previous: Option<&str>, hash: &str, unix_time: i64) {
+        if let Some(p) = previous.filter(|p| *p != hash) {
+            self.config_info.remove(&ConfigLabels {
+                hash: p.to_string(),
+            });
+        }
+        self.config_info
+            .get_or_create(&ConfigLabels {
+                hash: hash.to_string(),
+            })
+            .set(1);
+        self.config_last_reload_successful.set(1);
+        self.config_last_reload_success_time.set(unix_time);
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                result: if ok { "success" } else { "error" },
+            })
+            .inc();
+        if !ok {
+            self.config_last_reload_successful.set(0);
         }
     }
 

@@ -83,7 +83,7 @@ impl ClientTls {
     }
 }
 
-impl crate::reload::Reloadable for ClientTls {
+impl crate::lifecycle::files::Reloadable for ClientTls {
     fn name(&self) -> &str {
         &self.name
     }

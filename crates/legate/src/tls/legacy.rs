@@ -229,7 +229,7 @@ fn version_or_generic(msg: &str) -> &'static str {
     }
 }
 
-impl crate::reload::Reloadable for LegacyTls {
+impl crate::lifecycle::files::Reloadable for LegacyTls {
     fn name(&self) -> &str {
         &self.name
     }

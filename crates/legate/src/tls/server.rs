@@ -86,7 +86,7 @@ impl ServerTls {
     }
 }
 
-impl crate::reload::Reloadable for ServerTls {
+impl crate::lifecycle::files::Reloadable for ServerTls {
     fn name(&self) -> &str {
         &self.name
     }

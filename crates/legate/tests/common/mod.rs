@@ -42,6 +42,7 @@ impl Legate {
             Options {
                 access_log_sink: Sink::Memory(log.clone()),
                 handle_signals: false,
+                config_file: None,
             },
         )
         .expect("legate starts");

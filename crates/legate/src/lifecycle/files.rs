@@ -26,11 +26,18 @@ pub trait Reloadable: Send + Sync {
     fn leaf(&self) -> Option<CertInfo>;
 }
 
-/// What identifies a file's content without reading it.
+/// What identifies a file's content without reading it; `None` inside while the file is
+/// missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<(u64, u64, u64, SystemTime)>);
+pub struct Stamp(Option<(u64, u64, u64, SystemTime)>);
 
-fn stamp(path: &PathBuf) -> Stamp {
+impl Stamp {
+    pub fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+pub fn stamp(path: &std::path::Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     Stamp(std::fs::metadata(path).ok().map(|m| {
         (
@@ -66,7 +73,7 @@ impl Watcher {
             .into_iter()
             .map(|item| {
                 let files = item.files();
-                let stamps = files.iter().map(stamp).collect();
+                let stamps = files.iter().map(|f| stamp(f)).collect();
                 Watched {
                     item,
                     files,
@@ -92,12 +99,36 @@ impl Watcher {
         self.items.is_empty()
     }
 
+    /// After a config reload: watch `items`, keeping what was known of those already watched
+    /// (the same objects, kept by the reload).
+    pub fn set_items(&mut self, items: Vec<Arc<dyn Reloadable>>, expiry_warning: Duration) {
+        self.expiry_warning = expiry_warning;
+        let mut old = std::mem::take(&mut self.items);
+        for item in items {
+            if let Some(i) = old.iter().position(|w| Arc::ptr_eq(&w.item, &item)) {
+                self.items.push(old.swap_remove(i));
+                continue;
+            }
+            let files = item.files();
+            let stamps = files.iter().map(|f| stamp(f)).collect();
+            if let Some(leaf) = item.leaf() {
+                self.publish(item.name(), &leaf);
+            }
+            self.items.push(Watched {
+                item,
+                files,
+                stamps,
+                retry: false,
+            });
+        }
+    }
+
     /// Reloads what changed (everything when `force`).
     pub fn check(&mut self, force: bool) {
         for idx in 0..self.items.len() {
             let (changed, retry) = {
                 let w = &self.items[idx];
-                let now: Vec<Stamp> = w.files.iter().map(stamp).collect();
+                let now: Vec<Stamp> = w.files.iter().map(|f| stamp(f)).collect();
                 (now != w.stamps, w.retry)
             };
             if !(force || changed || retry) {
@@ -109,7 +140,7 @@ impl Watcher {
                 Ok(leaf) => {
                     // A directory of CAs may have gained or lost files.
                     w.files = w.item.files();
-                    w.stamps = w.files.iter().map(stamp).collect();
+                    w.stamps = w.files.iter().map(|f| stamp(f)).collect();
                     w.retry = false;
                     self.metrics
                         .tls_reloads
@@ -126,7 +157,7 @@ impl Watcher {
                     }
                 }
                 Err(reason) => {
-                    w.stamps = w.files.iter().map(stamp).collect();
+                    w.stamps = w.files.iter().map(|f| stamp(f)).collect();
                     let again = !w.retry;
                     w.retry = again;
                     self.metrics
@@ -156,40 +187,5 @@ impl Watcher {
             tracing::warn!(name, serial = %leaf.serial, expires = %crate::tls::format_unix(leaf.not_after),
                 days_left = left / 86_400, "certificate expires soon: rotate it");
         }
-    }
-}
-
-/// Checks every `interval`, and at once on SIGHUP (when `signals`), until `stop` flips.
-pub async fn run(
-    mut watcher: Watcher,
-    interval: Duration,
-    signals: bool,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = if signals {
-        match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGHUP; files are still checked every interval");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        let force = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                tracing::info!("SIGHUP: reloading certificates and credentials");
-                true
-            }
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        watcher.check(force);
     }
 }
