@@ -374,6 +374,7 @@ fn state_changing_admin_endpoints_refuse_other_hosts() {
     assert_eq!(ns.curl("GET", &format!("{base}/live")), 200);
     assert_eq!(ns.curl("POST", &format!("{base}/quitquitquit")), 403);
     assert_eq!(ns.curl("POST", &format!("{base}/quit")), 403);
+    assert_eq!(ns.curl("POST", &format!("{base}/reload")), 403);
     assert_eq!(ns.curl("GET", &format!("{base}/config")), 403);
     assert_eq!(
         ns.curl("GET", &format!("{base}/ready")),
