@@ -53,6 +53,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Ask a running legate to reload its config file now (POST /reload) and print the
+    /// result: exit 0 when it runs the file, 1 with every error when the file was refused.
+    Reload {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
     /// Validate a config file: every problem as FILE:LINE:COL: path: message.
     Check {
         #[arg(short, long, env = "LEGATE_CONFIG")]
@@ -347,6 +353,22 @@ fn shutdown(admin: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn reload(admin: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = legate::lifecycle::probe::http(
+        addr_flag("--admin", admin)?,
+        "POST",
+        "/reload",
+        std::time::Duration::from_secs(30),
+    )
+    .map_err(anyhow::Error::msg)?;
+    eprintln!("legate reload: {body}");
+    Ok(if status == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -412,6 +434,7 @@ fn main() -> ExitCode {
             timeout,
         } => wait(&admin, tcp.as_deref(), &timeout),
         Command::Shutdown { admin } => shutdown(&admin),
+        Command::Reload { admin } => reload(&admin),
         Command::Schema => {
             print!("{}", config::schema::json());
             return ExitCode::SUCCESS;
