@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """bench/startup.py - exec-to-/startup time of the legate binary (issue: lifecycle).
 
-Starts `legate http` N times (an http:// upstream on 127.0.0.1, admin on a free port; legate
-pinned to core 0 through taskset, whose own exec is included) and measures from just before the
-exec to the first `GET /startup` that answers 200, polled from core 1 every 100 µs. Prints the median, min and max in milliseconds, plus the binary's
-size and its RSS right after startup. Usage: startup.py LEGATE_BIN [N]
+Starts legate N times (an http:// upstream on 127.0.0.1, admin on a free port; legate pinned to
+core 0 through taskset, whose own exec is included) and measures from just before the exec to
+the first `GET /startup` that answers 200, polled from core 1 every 100 µs. Prints the median,
+min and max in milliseconds, plus the binary's size and its RSS right after startup.
+Usage: startup.py LEGATE_BIN [N] [MODE]; MODE `run` (default: `legate run -c FILE`, what the
+image runs) or `http` (quick mode, the same setup from flags).
 """
 import os
 import socket
@@ -43,12 +45,23 @@ def main():
     os.sched_setaffinity(0, {1})
     binary = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    mode = sys.argv[3] if len(sys.argv) > 3 else "run"
+    config = f"/tmp/legate-startup-{os.getpid()}.yaml"
     times, rss = [], []
     for _ in range(n):
         admin, listen = free_port(), free_port()
-        args = [binary, "http", "--listen", f"127.0.0.1:{listen}", "--upstream",
-                "http://127.0.0.1:9", "--admin", f"127.0.0.1:{admin}", "--access-log", "off",
-                "--workers", "1"]
+        if mode == "http":
+            args = [binary, "http", "--listen", f"127.0.0.1:{listen}", "--upstream",
+                    "http://127.0.0.1:9", "--admin", f"127.0.0.1:{admin}", "--access-log",
+                    "off", "--workers", "1"]
+        else:
+            with open(config, "w") as f:
+                f.write(f"admin: {{ listen: 127.0.0.1:{admin} }}\n"
+                        "runtime: { workers: 1 }\naccess_log: off\nlisteners:\n"
+                        f"  - {{ name: app, listen: 127.0.0.1:{listen}, "
+                        "routes: [{ name: all, upstream: up }] }\n"
+                        "upstreams:\n  - { name: up, url: http://127.0.0.1:9 }\n")
+            args = [binary, "run", "-c", config]
         t0 = time.perf_counter()
         # legate on core 0, this poller on core 1, pausing 100 µs between tries: a poller
         # spinning on legate's core would delay the start it measures.
@@ -77,6 +90,9 @@ def main():
           f"(min {min(times):.2f}, max {max(times):.2f}, n={n})")
     print(f"spawn baseline (taskset -c 0 /bin/true): median {bmed:.2f} ms; "
           f"legate's own part: {med - bmed:.2f} ms")
+    if os.path.exists(config):
+        os.remove(config)
+    print(f"mode: {mode}")
     print(f"RSS after start: median {statistics.median(rss) / 1024:.1f} MiB")
     print(f"binary: {os.path.getsize(binary) / 1e6:.1f} MB ({binary})")
 

@@ -32,7 +32,10 @@ fn pki() -> &'static Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "legate test CA");
         let ca = params.self_signed(&ca_key).unwrap();
-        let dir = std::env::temp_dir().join(format!("legate-tls-test-{}", std::process::id()));
+        // For the whole test process (SSL_CERT_FILE), so it cannot be removed when done: kept
+        // under cargo's per-target scratch directory rather than littering /tmp.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-upstream-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();

@@ -30,8 +30,9 @@ pub struct Admin {
 /// The running config as admin shows it.
 #[derive(Default, Clone)]
 pub struct AdminView {
-    /// The effective config as YAML, secrets already redacted.
-    pub config_yaml: String,
+    /// The running config; `/config` renders it (redacted) when asked, so a start never pages
+    /// in the YAML serializer for a page nobody may read.
+    pub config: Arc<crate::config::Config>,
     /// `sha256:<hex>` of the config file's bytes (of the generated YAML in quick mode).
     pub hash: String,
     /// Where the config came from: the file, or `command line`.
@@ -68,7 +69,9 @@ impl AdminView {
                 }
             }
         }
-        out.push_str(&self.config_yaml);
+        out.push_str(&crate::config::to_yaml(&crate::config::redacted(
+            &self.config,
+        )));
         out
     }
 }

@@ -93,6 +93,26 @@ impl MarkedEventReceiver for Collector {
     }
 }
 
+/// A `Locator` built on first use: a valid config needs no positions, and building them parses
+/// the text a second time (yaml-rust2's parser, paged in and run for nothing at every start).
+pub struct Lazy<'a> {
+    src: &'a str,
+    built: std::cell::OnceCell<Locator>,
+}
+
+impl<'a> Lazy<'a> {
+    pub fn new(src: &'a str) -> Self {
+        Self {
+            src,
+            built: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn find(&self, path: &str) -> Option<Position> {
+        self.built.get_or_init(|| Locator::new(self.src)).find(path)
+    }
+}
+
 impl Locator {
     /// Builds the index; YAML that does not parse yields an empty locator (the parse error is
     /// reported by the deserialiser instead).

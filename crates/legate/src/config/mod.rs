@@ -125,7 +125,7 @@ fn load_text(file: &str, text: &str, files: Files) -> Result<Config, ConfigError
         return Ok(cfg);
     }
     let expanded = env::expand(text, |k| std::env::var(k).ok()).unwrap_or_default();
-    let locator = locate::Locator::new(&expanded);
+    let locator = locate::Lazy::new(&expanded);
     let mut diags: Vec<Diagnostic> = issues
         .into_iter()
         .map(|i| {
@@ -161,10 +161,10 @@ pub fn load_str(
             Config::default(),
             Vec::new(),
             &[],
-            &locate::Locator::default(),
+            &locate::Lazy::new(""),
         );
     }
-    let locator = locate::Locator::new(&expanded);
+    let locator = locate::Lazy::new(&expanded);
     let (cfg, diags, removed) = deserialize_all(file, &expanded, &locator);
     match cfg {
         Some(cfg) => finish(file, cfg, diags, &removed, &locator),
@@ -178,7 +178,7 @@ fn finish(
     cfg: Config,
     mut diags: Vec<Diagnostic>,
     removed: &[String],
-    locator: &locate::Locator,
+    locator: &locate::Lazy<'_>,
 ) -> Result<Config, ConfigError> {
     for i in validate::validate(&cfg) {
         // A field we dropped to keep reading may make a cross-check fire spuriously.
@@ -213,7 +213,7 @@ fn finish(
 fn deserialize_all(
     file: &str,
     text: &str,
-    locator: &locate::Locator,
+    locator: &locate::Lazy<'_>,
 ) -> (Option<Config>, Vec<Diagnostic>, Vec<String>) {
     let first = match serde_yaml_ng::from_str::<Config>(text) {
         Ok(cfg) => return (Some(cfg), Vec::new(), Vec::new()),

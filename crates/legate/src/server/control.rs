@@ -129,10 +129,6 @@ struct Reloader {
     retry: bool,
 }
 
-pub(super) fn effective_yaml(cfg: &Config) -> String {
-    config::to_yaml(&config::redacted(cfg))
-}
-
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -141,7 +137,7 @@ fn now_unix() -> i64 {
 
 pub(super) fn admin_view(cfg: &Config, hash: &str, source: &str) -> AdminView {
     AdminView {
-        config_yaml: effective_yaml(cfg),
+        config: Arc::new(cfg.clone()),
         hash: hash.to_string(),
         source: source.to_string(),
         loaded_at: crate::tls::format_unix(now_unix()),

@@ -211,18 +211,17 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         worker_threads.push(t);
     }
 
-    let (hash, source_name) = match &opts.config_file {
-        Some(src) => (src.hash.clone(), src.path.display().to_string()),
-        None => (
-            config::hash_text(&config::to_yaml(&cfg)),
-            "command line".to_string(),
-        ),
+    let mut view = control::admin_view(&cfg, "", "command line");
+    view.hash = match &opts.config_file {
+        Some(src) => {
+            view.source = src.path.display().to_string();
+            src.hash.clone()
+        }
+        // No file: the hash of the effective config (what `/config` shows).
+        None => config::hash_text(&config::to_yaml(&config::redacted(&cfg))),
     };
-    let view = Arc::new(ArcSwap::from_pointee(control::admin_view(
-        &cfg,
-        &hash,
-        &source_name,
-    )));
+    let hash = view.hash.clone();
+    let view = Arc::new(ArcSwap::from_pointee(view));
     let (reload_sender, reload_requests) = mpsc::channel(8);
     let (stop_control, stop_rx) = watch::channel(false);
     let c = control::Control {
