@@ -401,10 +401,36 @@ fn culprit(value: &serde_yaml_ng::Value, path: &str, message: &str) -> Option<St
                 if !again.contains(message) && !missing_it {
                     return Some(field);
                 }
+                // A required field: without it the mapping fails for another reason, so try
+                // it with a well-formed value instead.
+                if missing_it && well_formed_value_clears(value, &field, message) {
+                    return Some(field);
+                }
             }
         }
     }
     None
+}
+
+/// Whether some placeholder at `field` makes the error `message` go away.
+fn well_formed_value_clears(value: &serde_yaml_ng::Value, field: &str, message: &str) -> bool {
+    if get_path(value, field).is_none_or(|v| v.is_mapping() || v.is_sequence()) {
+        return false;
+    }
+    PLACEHOLDERS.iter().any(|p| {
+        let mut fixed = value.clone();
+        let candidate: serde_yaml_ng::Value = serde_yaml_ng::from_str(p)
+            .unwrap_or_else(|_| serde_yaml_ng::Value::String((*p).into()));
+        set_path(&mut fixed, field, candidate)
+            && match serde_yaml_ng::to_string(&fixed)
+                .ok()
+                .map(|t| serde_yaml_ng::from_str::<Config>(&t))
+            {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => !strip_positions(&e.to_string()).contains(message),
+                None => false,
+            }
+    })
 }
 
 /// Removes the node at `a.b[0].c` (or the list item at `a.b[0]`) from a YAML value; false if
@@ -639,6 +665,19 @@ upstreams:
         for (line, w) in err.iter().zip(want) {
             assert!(line.starts_with(w), "{line}\n  wanted: {w}");
         }
+    }
+
+    /// The first report: alone in an otherwise valid file, a malformed required field
+    /// was located at its list item (2:5), not at the field (3:13).
+    #[test]
+    fn a_lone_malformed_required_field_is_located_at_the_field() {
+        let yaml = "listeners:\n  - name: app\n    listen: 127.0.0.1:808O\n    routes: [{ name: r, upstream: u }]\nupstreams:\n  - { name: u, url: http://127.0.0.1:1 }\n";
+        let err = load_str("c.yaml", yaml, |_| None).unwrap_err().lines();
+        assert_eq!(err.len(), 1, "{err:#?}");
+        assert!(
+            err[0].starts_with("c.yaml:3:13: listeners[0].listen: invalid listen address"),
+            "{err:#?}"
+        );
     }
 
     #[test]
