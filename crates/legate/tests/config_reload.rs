@@ -184,6 +184,16 @@ struct Cfg {
 }
 
 impl Cfg {
+    /// Free ports for legate's listener and admin; upstream `c` on a closed port.
+    fn new(a: SocketAddr) -> Self {
+        Self {
+            port: free_port(),
+            admin: free_port(),
+            a,
+            c: local(free_port()),
+        }
+    }
+
     /// The base config: listener `app` with `/a` to upstream `a` (its response tagged `gen`)
     /// and `/c` to upstream `c` (a closed port, behind a circuit breaker); `extra`: more YAML
     /// under `listeners:`; `c_timeout`: c's connect timeout (changing it rebuilds c).
@@ -233,23 +243,46 @@ fn extra_listener(port: u16) -> String {
     )
 }
 
-fn closed_port() -> SocketAddr {
-    local(free_port())
+/// `legate run -c path`, ready.
+fn start(path: &Path, admin: u16) -> proc::Proc {
+    let mut lg = legate_spawn("legate run", &["run", "-c", path.to_str().unwrap()]);
+    wait_ready(&mut lg, admin);
+    lg
+}
+
+/// SIGTERM, and the drain ends with exit 0.
+fn stop(lg: &mut proc::Proc) {
+    lg.signal("TERM");
+    let code = lg.wait_exit(Duration::from_secs(20)).and_then(|s| s.code());
+    assert_eq!(code, Some(0), "{}", lg.output_report());
+}
+
+/// A keep-alive client sending `GET /a` until `stop`: (answered 200, failures, reconnects).
+fn load(
+    app: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        let mut c = Client::new(app);
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        while !stop.load(Ordering::SeqCst) {
+            match c.get("/a") {
+                Ok(r) if r.status == 200 && r.body == "a\n" => ok += 1,
+                Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed, c.reconnects)
+    })
 }
 
 #[test]
 fn twenty_reloads_under_load_lose_nothing_and_keep_unchanged_upstreams() {
     let dir = TempDir::new("reload-load");
     let a = upstream("a");
-    let cfg = Cfg {
-        port: free_port(),
-        admin: free_port(),
-        a: a.addr,
-        c: closed_port(),
-    };
+    let cfg = Cfg::new(a.addr);
     let path = dir.write("legate.yaml", cfg.yaml(0, "", "1s"));
-    let mut lg = legate_spawn("legate run", &["run", "-c", path.to_str().unwrap()]);
-    wait_ready(&mut lg, cfg.admin);
+    let mut lg = start(&path, cfg.admin);
     let (admin, app) = (cfg.admin, local(cfg.port));
 
     // Open c's circuit: connects to a closed port fail until the breaker trips.
@@ -262,24 +295,8 @@ fn twenty_reloads_under_load_lose_nothing_and_keep_unchanged_upstreams() {
     });
 
     // Continuous load on /a from two keep-alive clients.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut c = Client::new(app);
-                let (mut ok, mut failed) = (0usize, Vec::new());
-                while !stop.load(Ordering::SeqCst) {
-                    match c.get("/a") {
-                        Ok(r) if r.status == 200 && r.body == "a\n" => ok += 1,
-                        Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
-                        Err(e) => failed.push(e),
-                    }
-                }
-                (ok, failed, c.reconnects)
-            })
-        })
-        .collect();
+    let halt = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = (0..2).map(|_| load(app, halt.clone())).collect();
     wait_for("load flows", T, || {
         (metric(admin, "legate_http_requests_total", Some(("route", "a"))) > 50.0)
             .then_some(())
@@ -386,7 +403,7 @@ fn twenty_reloads_under_load_lose_nothing_and_keep_unchanged_upstreams() {
             "legate still runs after reload {i}"
         );
     }
-    stop.store(true, Ordering::SeqCst);
+    halt.store(true, Ordering::SeqCst);
     let mut total = 0;
     for l in loaders {
         let (ok, failed, reconnects) = l.join().unwrap();
@@ -461,21 +478,14 @@ fn twenty_reloads_under_load_lose_nothing_and_keep_unchanged_upstreams() {
         r.head
     );
 
-    lg.signal("TERM");
-    let exit = lg.wait_exit(Duration::from_secs(20)).expect("exits");
-    assert_eq!(exit.code(), Some(0), "{}", lg.output_report());
+    stop(&mut lg);
 }
 
 #[test]
 fn configmap_symlink_swap_and_a_deleted_file() {
     let dir = TempDir::new("reload-configmap");
     let a = upstream("a");
-    let cfg = Cfg {
-        port: free_port(),
-        admin: free_port(),
-        a: a.addr,
-        c: closed_port(),
-    };
+    let cfg = Cfg::new(a.addr);
     let fast = |gen: u32| {
         cfg.yaml(gen, "", "1s")
             .replace("watch_interval: 1h", "watch_interval: 100ms")
@@ -487,8 +497,7 @@ fn configmap_symlink_swap_and_a_deleted_file() {
     std::os::unix::fs::symlink("..2026_12_02_v1", root.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/legate.yaml", root.join("legate.yaml")).unwrap();
     let path = root.join("legate.yaml");
-    let mut lg = legate_spawn("legate run", &["run", "-c", path.to_str().unwrap()]);
-    wait_ready(&mut lg, cfg.admin);
+    let mut lg = start(&path, cfg.admin);
     let app = local(cfg.port);
     let gen_of = || Client::new(app).get("/a").map(|r| r.head);
     assert!(gen_of().unwrap().contains("x-gen: 1"));
@@ -553,43 +562,19 @@ fn configmap_symlink_swap_and_a_deleted_file() {
         metric(cfg.admin, "legate_config_last_reload_successful", None),
         1.0
     );
-    lg.signal("TERM");
-    assert_eq!(
-        lg.wait_exit(Duration::from_secs(20)).and_then(|s| s.code()),
-        Some(0)
-    );
+    stop(&mut lg);
 }
 
 #[test]
 fn a_storm_of_sighups_under_load() {
     let dir = TempDir::new("reload-storm");
     let a = upstream("a");
-    let cfg = Cfg {
-        port: free_port(),
-        admin: free_port(),
-        a: a.addr,
-        c: closed_port(),
-    };
+    let cfg = Cfg::new(a.addr);
     let path = dir.write("legate.yaml", cfg.yaml(1, "", "1s"));
-    let mut lg = legate_spawn("legate run", &["run", "-c", path.to_str().unwrap()]);
-    wait_ready(&mut lg, cfg.admin);
+    let mut lg = start(&path, cfg.admin);
     let app = local(cfg.port);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut c = Client::new(app);
-            let mut failed = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                match c.get("/a") {
-                    Ok(r) if r.status == 200 => {}
-                    Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
-                    Err(e) => failed.push(e),
-                }
-            }
-            failed
-        })
-    };
+    let halt = Arc::new(AtomicBool::new(false));
+    let loader = load(app, halt.clone());
     write_atomic(&path, &cfg.yaml(2, "", "1s"));
     for i in 0..50 {
         lg.signal("HUP");
@@ -602,8 +587,8 @@ fn a_storm_of_sighups_under_load() {
         let h = Client::new(app).get("/a")?.head;
         h.contains("x-gen: 3").then_some(()).ok_or(h)
     });
-    stop.store(true, Ordering::SeqCst);
-    let failed = load.join().unwrap();
+    halt.store(true, Ordering::SeqCst);
+    let (_, failed, _) = loader.join().unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(
         metric(
@@ -613,9 +598,5 @@ fn a_storm_of_sighups_under_load() {
         ),
         0.0
     );
-    lg.signal("TERM");
-    assert_eq!(
-        lg.wait_exit(Duration::from_secs(20)).and_then(|s| s.code()),
-        Some(0)
-    );
+    stop(&mut lg);
 }
