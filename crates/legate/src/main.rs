@@ -75,6 +75,17 @@ enum Command {
     Tcp(Box<TcpArgs>),
     /// Print the config file's JSON Schema (for editors: yaml-language-server).
     Schema,
+    /// A live view of a running legate from its /metrics: per upstream req/s, error %, p50/p99,
+    /// retries, breaker, ejected endpoints, connections. `--once` prints one plain frame and exits.
+    Top {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Take two scrapes --interval apart, print one plain-text frame, exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
     /// The embedded demo: a flaky upstream, legate in front, and the naive client.
     Demo(legate::demo::DemoArgs),
 }
@@ -347,6 +358,17 @@ fn wait(admin: &str, tcp: Option<&str>, timeout: &str) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+fn top(admin: &str, once: bool, interval: &str) -> anyhow::Result<ExitCode> {
+    let interval = config::duration::parse_duration(interval)
+        .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
+    legate::telemetry::top::run(&legate::telemetry::top::Args {
+        admin: addr_flag("--admin", admin)?,
+        once,
+        interval,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn shutdown(admin: &str) -> anyhow::Result<ExitCode> {
     let body = legate::lifecycle::probe::quit(addr_flag("--admin", admin)?)?;
     eprintln!("legate shutdown: {body}");
@@ -434,6 +456,11 @@ fn main() -> ExitCode {
             timeout,
         } => wait(&admin, tcp.as_deref(), &timeout),
         Command::Shutdown { admin } => shutdown(&admin),
+        Command::Top {
+            admin,
+            once,
+            interval,
+        } => top(&admin, once, &interval),
         Command::Reload { admin } => reload(&admin),
         Command::Schema => {
             print!("{}", config::schema::json());

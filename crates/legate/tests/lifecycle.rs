@@ -375,6 +375,10 @@ fn state_changing_admin_endpoints_refuse_other_hosts() {
     assert_eq!(ns.curl("POST", &format!("{base}/quitquitquit")), 403);
     assert_eq!(ns.curl("POST", &format!("{base}/quit")), 403);
     assert_eq!(ns.curl("POST", &format!("{base}/reload")), 403);
+    assert_eq!(
+        ns.curl("PUT", &format!("{base}/log-level?level=trace")),
+        403
+    );
     assert_eq!(ns.curl("GET", &format!("{base}/config")), 403);
     assert_eq!(
         ns.curl("GET", &format!("{base}/ready")),
@@ -389,4 +393,65 @@ fn state_changing_admin_endpoints_refuse_other_hosts() {
     lg.signal("TERM");
     let exit = lg.wait_exit(Duration::from_secs(20)).expect("exits");
     assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn log_level_changes_at_runtime() {
+    let (up, _) = slow_upstream(Duration::ZERO);
+    let admin = free_port();
+    let mut lg = http_legate("legate http", &format!("http://{up}"), admin, &[]);
+    wait_ready(&mut lg, admin);
+    let a = local(admin);
+    let level = || {
+        http_get(a, "/log-level", Duration::from_secs(2))
+            .unwrap()
+            .text()
+    };
+    assert_eq!(level().trim(), "info");
+    let requested = |lg: &proc::Proc| {
+        lg.stdout_lines()
+            .iter()
+            .filter(|l| l.contains("reload requested"))
+            .count()
+    };
+    // At `error`, an info event (a reload request) is not written...
+    assert_eq!(
+        legate::lifecycle::probe::http(a, "PUT", "/log-level?level=error", Duration::from_secs(2))
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(level().trim(), "error");
+    post(a, "/reload");
+    // ...a bad filter is refused and changes nothing...
+    let (code, body) = legate::lifecycle::probe::http(
+        a,
+        "PUT",
+        "/log-level?level=lots%20please",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a log level"), "{body}");
+    assert_eq!(level().trim(), "error");
+    // ...and back at `info` it is.
+    legate::lifecycle::probe::http(a, "PUT", "/log-level?level=info", Duration::from_secs(2))
+        .unwrap();
+    post(a, "/reload");
+    wait_for("the info line", Duration::from_secs(5), || {
+        (requested(&lg) == 1)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    assert!(
+        lg.stdout_lines()
+            .iter()
+            .any(|l| l.contains("log level changed")),
+        "the change itself is logged"
+    );
+    lg.signal("TERM");
+    assert_eq!(
+        lg.wait_exit(Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
 }

@@ -112,6 +112,72 @@ fn text(
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `PUT /log-level` with the filter as the body (`debug`, `legate=debug,info`), or as
+/// `?level=` for tools that cannot send a body.
+async fn set_log_level(
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("level="))
+            .map(percent_decode)
+    });
+    let filter = match from_query {
+        Some(f) => f,
+        None => match http_body_util::Limited::new(req.into_body(), 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+            Err(_) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    PLAIN,
+                    "a log filter is at most 1 KiB\n",
+                )
+            }
+        },
+    };
+    let before = crate::telemetry::logging::current();
+    match crate::telemetry::logging::set(&filter) {
+        Ok(()) => {
+            tracing::warn!(%peer, from = %before, to = %filter, "log level changed");
+            text(StatusCode::OK, PLAIN, format!("{filter}\n"))
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, PLAIN, format!("{e}\n")),
+    }
+}
+
 fn forbidden_state_change(peer: std::net::SocketAddr, path: &str) -> Response<Full<Bytes>> {
     tracing::warn!(%peer, path, "refused: state-changing admin endpoint from a non-loopback peer");
     text(
@@ -124,16 +190,29 @@ fn forbidden_state_change(peer: std::net::SocketAddr, path: &str) -> Response<Fu
 impl Admin {
     pub async fn respond(
         &self,
-        req: &Request<Incoming>,
+        req: Request<Incoming>,
         peer: std::net::SocketAddr,
     ) -> Response<Full<Bytes>> {
-        if req.method() == Method::POST && req.uri().path() == "/reload" {
-            if !is_loopback(peer) {
-                return forbidden_state_change(peer, "/reload");
+        match (req.method(), req.uri().path()) {
+            (&Method::POST, "/reload") => {
+                if !is_loopback(peer) {
+                    return forbidden_state_change(peer, "/reload");
+                }
+                self.reload(peer).await
             }
-            return self.reload(peer).await;
+            (&Method::PUT, "/log-level") => {
+                if !is_loopback(peer) {
+                    return forbidden_state_change(peer, "/log-level");
+                }
+                set_log_level(req, peer).await
+            }
+            (&Method::GET, "/log-level") => text(
+                StatusCode::OK,
+                PLAIN,
+                format!("{}\n", crate::telemetry::logging::current()),
+            ),
+            _ => self.respond_now(&req, peer),
         }
-        self.respond_now(req, peer)
     }
 
     async fn reload(&self, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
@@ -250,7 +329,7 @@ impl Admin {
             (
                 _,
                 "/live" | "/ready" | "/startup" | "/metrics" | "/config" | "/quitquitquit"
-                | "/quit" | "/reload",
+                | "/quit" | "/reload" | "/log-level",
             ) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 PLAIN,
@@ -259,7 +338,7 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,
-                "not found: try /startup /ready /live /metrics /config, POST /reload, POST /quitquitquit\n",
+                "not found: try /startup /ready /live /metrics /config /log-level, POST /reload, PUT /log-level, POST /quitquitquit\n",
             ),
         }
     }
@@ -288,7 +367,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.respond(&req, peer).await) }
+                        async move { Ok::<_, Infallible>(admin.respond(req, peer).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)

@@ -13,9 +13,7 @@ use crate::config::OAuth2Config;
 use crate::telemetry::metrics::{Metrics, TokenLabels};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -32,45 +30,11 @@ struct Token {
 }
 
 /// `token_url` taken apart.
-#[derive(Debug, Clone)]
-pub struct TokenUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    pub authority: String,
-    pub path: String,
-}
+pub type TokenUrl = crate::upstream::oneshot::Url;
 
-impl TokenUrl {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let uri: Uri = s.parse().map_err(|_| format!("`{s}` is not a URL"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "token_url `{s}` must start with https:// (or http://)"
-                ))
-            }
-        };
-        let auth = uri
-            .authority()
-            .ok_or_else(|| format!("token_url `{s}` has no host"))?;
-        if auth.as_str().contains('@') {
-            return Err(format!(
-                "token_url `{s}` contains credentials: use client_id_file and client_secret_file"
-            ));
-        }
-        Ok(Self {
-            tls,
-            host: auth.host().trim_matches(['[', ']']).to_string(),
-            port: auth.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            authority: auth.as_str().to_string(),
-            path: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-        })
-    }
+/// Parses `token_url` with the messages that name it.
+pub fn parse_token_url(s: &str) -> Result<TokenUrl, String> {
+    TokenUrl::parse("token_url", s, "use client_id_file and client_secret_file")
 }
 
 pub struct TokenSource {
@@ -111,7 +75,7 @@ impl TokenSource {
         cfg: &OAuth2Config,
         metrics: Arc<Metrics>,
     ) -> Result<Self, TokenError> {
-        let url = TokenUrl::parse(&cfg.token_url).map_err(TokenError::Url)?;
+        let url = parse_token_url(&cfg.token_url).map_err(TokenError::Url)?;
         let tls = if url.tls {
             let settings = crate::config::UpstreamTls {
                 ca: cfg.ca.clone(),
@@ -282,61 +246,27 @@ impl TokenSource {
         let basic = crate::tls::client::base64_encode(
             format!("{}:{}", form_encode(&id), form_encode(&secret)).as_bytes(),
         );
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(self.url.path.as_str())
-            .header(http::header::HOST, self.url.authority.as_str())
-            .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|e| e.to_string())?;
-        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url.authority))?;
-        let resp = match &self.tls {
-            Some(cfg) => {
-                let name = rustls_pki_types::ServerName::try_from(self.url.host.clone())
-                    .map_err(|_| format!("`{}` is not a valid TLS name", self.url.host))?;
-                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "TLS with {} failed ({}): {e}",
-                            self.url.authority,
-                            crate::tls::failure::reason(&e)
-                        )
-                    })?;
-                send(TokioIo::new(tls), req).await?
-            }
-            None => send(TokioIo::new(tcp), req).await?,
-        };
+        let mut headers = http::HeaderMap::new();
+        let basic = HeaderValue::try_from(format!("Basic {basic}")).map_err(|e| e.to_string())?;
+        headers.insert(http::header::AUTHORIZATION, basic);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        let resp = crate::upstream::oneshot::post(
+            &self.url,
+            self.tls.as_ref(),
+            headers,
+            Bytes::from(form),
+            MAX_RESPONSE,
+        )
+        .await?;
         parse_token(resp.0, &resp.1)
     }
-}
-
-async fn send<I>(io: TokioIo<I>, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the token response: {e}"))?
-        .to_bytes();
-    Ok((status, body))
 }
 
 /// The access token and lifetime from a token response.
@@ -387,14 +317,14 @@ mod tests {
 
     #[test]
     fn token_urls() {
-        let u = TokenUrl::parse("https://auth.example/oauth2/token?x=1").unwrap();
+        let u = parse_token_url("https://auth.example/oauth2/token?x=1").unwrap();
         assert!(u.tls);
         assert_eq!((u.host.as_str(), u.port), ("auth.example", 443));
         assert_eq!(u.path, "/oauth2/token?x=1");
-        let u = TokenUrl::parse("http://127.0.0.1:9000/token").unwrap();
+        let u = parse_token_url("http://127.0.0.1:9000/token").unwrap();
         assert_eq!((u.port, u.authority.as_str()), (9000, "127.0.0.1:9000"));
-        assert!(TokenUrl::parse("ftp://x/token").is_err());
-        assert!(TokenUrl::parse("https://user:pw@x/token").is_err());
+        assert!(parse_token_url("ftp://x/token").is_err());
+        assert!(parse_token_url("https://user:pw@x/token").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod quick;
 pub mod resilience;
 pub mod schema;
 pub mod size;
+pub mod telemetry;
 pub mod tls;
 pub mod validate;
 pub mod validate_tls;

@@ -6,6 +6,7 @@ use super::resilience::{
     RateLimitConfig, RetryConfig,
 };
 use super::size::ByteSize;
+pub use super::telemetry::{OtlpConfig, Propagation, TracingConfig};
 pub use super::tls::{
     AllowList, AuthConfig, BasicAuth, FilesConfig, HeaderFromFile, ListenerTls, OAuth2Config,
     Pkcs12, TlsBackend, TlsMode, TlsVersion, UpstreamTls,
@@ -33,6 +34,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Where sampled spans are exported (OTLP/HTTP). Without it, trace headers are still
+    /// propagated where `tracing:` is set, and nothing is exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -187,6 +192,9 @@ pub struct ListenerConfig {
     /// anywhere is an open relay into the network.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_remote_target: bool,
+    /// Trace context for the routes of an HTTP listener (a route's own `tracing:` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -218,6 +226,7 @@ impl ListenerConfig {
             max_connection_lifetime: None,
             socket_mode: None,
             allow_remote_target: false,
+            tracing: None,
         }
     }
 }
@@ -363,6 +372,9 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Trace context for this route (overrides the listener's `tracing:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
 }
 
 fn default_route_timeout() -> ConfigDuration {

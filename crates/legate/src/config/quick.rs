@@ -68,6 +68,7 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         response_headers: HeaderRules::default(),
         retry: None,
         rate_limit: None,
+        tracing: None,
     };
     if let Some(t) = q.timeout {
         route.timeout = t;
@@ -153,6 +154,7 @@ fn one_to_one(
         files: FilesConfig::default(),
         listeners: vec![listener],
         upstreams: vec![upstream],
+        otlp: None,
     }
 }
 

@@ -79,7 +79,57 @@ fn check_header_rules(issues: &mut Issues, path: &str, rules: &HeaderRules) {
     }
 }
 
+fn check_tracing(issues: &mut Issues, base: &str, t: &super::model::TracingConfig) {
+    if t.propagate.is_empty() {
+        issues.add(
+            format!("{base}.propagate"),
+            "name at least one format (w3c, b3, b3-single, jaeger), or remove `tracing:`",
+        );
+    }
+    if !(0.0..=1.0).contains(&t.sample_rate) {
+        issues.add(
+            format!("{base}.sample_rate"),
+            format!("{} is not a share between 0.0 and 1.0", t.sample_rate),
+        );
+    }
+}
+
+fn check_otlp(issues: &mut Issues, o: &super::model::OtlpConfig) {
+    if let Err(e) =
+        crate::upstream::oneshot::Url::parse("otlp.endpoint", &o.endpoint, "use headers_from_files")
+    {
+        issues.add("otlp.endpoint", e);
+    }
+    issues.positive("otlp.timeout", o.timeout.get());
+    issues.positive("otlp.flush_interval", o.flush_interval.get());
+    if o.batch_size == 0 {
+        issues.add("otlp.batch_size", "must be at least 1");
+    }
+    if o.queue_size == 0 {
+        issues.add("otlp.queue_size", "must be at least 1");
+    }
+    for (k, v) in &o.headers {
+        if HeaderName::try_from(k.as_str()).is_err() || HeaderValue::try_from(v.as_str()).is_err() {
+            issues.add(
+                format!("otlp.headers.{k}"),
+                "not a valid header name and value",
+            );
+        }
+    }
+    for k in o.headers_from_files.keys() {
+        if HeaderName::try_from(k.as_str()).is_err() {
+            issues.add(
+                format!("otlp.headers_from_files.{k}"),
+                "not a valid header name",
+            );
+        }
+    }
+}
+
 fn check_route_policies(issues: &mut Issues, rb: &str, r: &super::model::RouteConfig) {
+    if let Some(t) = &r.tracing {
+        check_tracing(issues, &format!("{rb}.tracing"), t);
+    }
     if let Some(retry) = &r.retry {
         let p = format!("{rb}.retry");
         if retry.attempts == 0 {
@@ -239,6 +289,9 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
     }
     issues.positive("shutdown.drain_timeout", cfg.shutdown.drain_timeout.get());
     issues.positive("files.watch_interval", cfg.files.watch_interval.get());
+    if let Some(o) = &cfg.otlp {
+        check_otlp(&mut issues, o);
+    }
 
     let mut upstream_names: HashMap<&str, usize> = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
@@ -307,7 +360,7 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
                 );
             }
             if let Some(o) = &auth.oauth2 {
-                if let Err(e) = crate::auth::oauth2::TokenUrl::parse(&o.token_url) {
+                if let Err(e) = crate::auth::oauth2::parse_token_url(&o.token_url) {
                     issues.add(format!("{base}.auth.oauth2.token_url"), e);
                 }
                 issues.positive(format!("{base}.auth.oauth2.timeout"), o.timeout.get());
@@ -370,6 +423,9 @@ pub fn validate(cfg: &Config) -> Vec<Issue> {
         }
         if l.socket_mode.is_some() && !matches!(l.listen, ListenOn::Unix(_)) {
             issues.add(format!("{base}.socket_mode"), "only for `unix:` listeners");
+        }
+        if let (Some(t), ListenerProtocol::Http) = (&l.tracing, l.protocol) {
+            check_tracing(&mut issues, &format!("{base}.tracing"), t);
         }
         if l.protocol == ListenerProtocol::Tcp {
             check_tcp_listener(&mut issues, &base, l, cfg, &mut tcp_upstreams);
@@ -583,6 +639,12 @@ fn check_tcp_listener<'a>(
         issues.add(
             format!("{base}.routes"),
             "a TCP listener has no routes: name its `upstream` directly",
+        );
+    }
+    if l.tracing.is_some() {
+        issues.add(
+            format!("{base}.tracing"),
+            "trace context is carried in HTTP headers: a TCP listener cannot propagate it",
         );
     }
     let Some(name) = &l.upstream else {

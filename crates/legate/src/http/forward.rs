@@ -138,12 +138,11 @@ pub async fn forward(
     if let Some(p) = policy {
         p.budget.deposit(obs.start);
     }
-    let attempts = &mut obs.attempts;
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut _retry_permit = None;
     loop {
-        *attempts += 1;
-        let req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
+        obs.attempts += 1;
+        let mut req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
             (Some(req), _) => req,
             (None, Some(head)) => {
                 let r = replay.as_ref().map(|r| (&r.data, &r.trailers));
@@ -157,8 +156,18 @@ pub async fn forward(
                 })
             }
         };
+        if let Some(t) = obs.trace.as_deref_mut() {
+            t.begin_attempt(req.headers_mut());
+        }
         let (result, outcome, endpoint, unused) =
             attempt(pools, route, req, upgrade, &failed, &deadline).await;
+        if let Some(t) = obs.trace.as_deref_mut().filter(|t| t.recording()) {
+            let (status, error) = match &result {
+                Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
+                Err(e) => (None, Some(e.reply().1)),
+            };
+            t.end_attempt(endpoint, status, error);
+        }
         first = unused;
         // The access log names the last endpoint tried, even if the route timeout ends the
         // request during a later wait.
@@ -170,7 +179,7 @@ pub async fn forward(
         }
         let Some(p) = policy else { return result };
         let can_resend = first.is_some() || replay.as_ref().is_some_and(|r| r.head.is_some());
-        if replay.is_none() || !can_resend || *attempts >= p.attempts {
+        if replay.is_none() || !can_resend || obs.attempts >= p.attempts {
             return result;
         }
         let Some(reason) = p.condition(outcome) else {
@@ -180,9 +189,9 @@ pub async fn forward(
             Ok((resp, ..)) => match retry::retry_after(resp.headers()) {
                 Some(d) if d > p.retry_after_max => return result,
                 Some(d) => d,
-                None => p.backoff(*attempts),
+                None => p.backoff(obs.attempts),
             },
-            Err(_) => p.backoff(*attempts),
+            Err(_) => p.backoff(obs.attempts),
         };
         if !p.budget.try_withdraw() {
             up.metrics.budget_exhausted(&route.name, &up.name);

@@ -13,4 +13,5 @@ pub mod request_id;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod trace;
 pub mod upgrade;

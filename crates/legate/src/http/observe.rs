@@ -39,6 +39,8 @@ pub struct Observe {
     pub attempts: u32,
     /// The route could have retried, but the body was too large to keep for replay.
     pub replay_skipped: bool,
+    /// The request's trace, when its route traces.
+    pub trace: Option<Box<super::trace::Trace>>,
 }
 
 impl Observe {
@@ -62,11 +64,26 @@ impl Observe {
             bytes_in: None,
             attempts: 0,
             replay_skipped: false,
+            trace: None,
         }
     }
 
-    pub fn finish(self, bytes_out: u64, aborted: bool) {
+    /// Starts the request's trace (the route traces): reads and rewrites its trace headers.
+    pub fn begin_trace<B>(&mut self, req: &mut http::Request<B>) {
+        let Some(policy) = self.route.as_ref().and_then(|r| r.tracing.clone()) else {
+            return;
+        };
+        self.trace = super::trace::begin(&policy, req.headers_mut());
+        // A recorded span names the method and path even when the access log is off.
+        if self.request.is_none() && self.trace.as_ref().is_some_and(|t| t.recording()) {
+            self.request = Some((req.method().clone(), req.uri().clone(), req.version()));
+        }
+    }
+
+    pub fn finish(mut self, bytes_out: u64, aborted: bool) {
         self.listener.inflight.dec();
+        let trace = self.trace.take();
+        let trace_id = trace.as_ref().map(|t| t.trace_id_hex());
         let elapsed = self.start.elapsed();
         let route_metrics = match &self.route {
             Some(r) => &r.metrics,
@@ -85,13 +102,33 @@ impl Observe {
         let error = self
             .error
             .or(self.body_error.as_deref().map(|_| "response-body-error"));
+        let request_id = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let Some(t) = trace {
+            (*t).finish(super::trace::ServerSpan {
+                method: method.as_str(),
+                path: uri.path(),
+                listener: &self.listener.name,
+                route: self.route.as_ref().map(|r| &*r.name).unwrap_or(""),
+                upstream: self.route.as_ref().map(|r| &*r.upstream.name).unwrap_or(""),
+                status: self.status,
+                error: self
+                    .error
+                    .or(self.body_error.as_deref().map(|_| "response-body-error")),
+                attempts: self.attempts,
+                request_id,
+            });
+        }
+        if !self.listener.access_log.enabled {
+            return;
+        }
         self.listener.access_log.write(&Entry {
             ts: self.ts.unwrap_or_else(SystemTime::now),
-            request_id: self
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            request_id,
+            trace_id: trace_id.as_deref(),
             listener: &self.listener.name,
             route: self.route.as_ref().map(|r| &*r.name).unwrap_or(""),
             method: method.as_str(),

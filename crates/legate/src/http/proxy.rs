@@ -92,6 +92,7 @@ pub async fn handle(
         }
     }
     obs.request_id = Some(request_id::ensure(req.headers_mut()));
+    obs.begin_trace(&mut req);
     if let Some(name) = listener
         .tls
         .as_ref()
@@ -135,8 +136,10 @@ pub async fn handle(
                 .endpoint()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "none".into());
-            tracing::warn!(route = %route.name, upstream = %route.upstream.name,
-                endpoint, reason, error = %e, "upstream request failed");
+            if let Some(folded) = route.failure_log.check() {
+                tracing::warn!(route = %route.name, upstream = %route.upstream.name,
+                    endpoint, reason, error = %e, folded, "upstream request failed");
+            }
             return local::reply(status, reason, &e.to_string(), obs);
         }
         Ok(sent) => sent,

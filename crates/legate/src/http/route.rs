@@ -62,6 +62,11 @@ pub struct Route {
     pub rate_limit: Option<super::rate_limit::TokenBucket>,
     /// `request_headers.set_from_file`: values re-read when their files change.
     pub file_headers: Vec<Arc<crate::auth::secret_header::SecretHeader>>,
+    /// Trace context (the route's `tracing:`, or its listener's); `None`: headers pass as is.
+    pub tracing: Option<Arc<super::trace::TracePolicy>>,
+    /// "upstream request failed" at most once a second per route, with a count: a dead
+    /// upstream must not write a line per request.
+    pub failure_log: crate::telemetry::throttle::Throttle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +77,13 @@ pub struct RouteError {
 }
 
 impl Route {
+    /// `cfg.tracing` is the effective one (the listener's when the route has none); sampled
+    /// spans go to `spans`.
     pub fn compile(
         cfg: &RouteConfig,
         upstream: Arc<Upstream>,
         metrics: RouteMetrics,
+        spans: Option<Arc<crate::telemetry::otlp::SpanSink>>,
     ) -> Result<Self, RouteError> {
         let err = |reason: String| RouteError {
             route: cfg.name.clone(),
@@ -134,6 +142,13 @@ impl Route {
             response_rules: CompiledRules::compile(&cfg.response_headers)
                 .map_err(|e| err(e.to_string()))?,
             metrics,
+            tracing: cfg
+                .tracing
+                .as_ref()
+                .map(|t| Arc::new(super::trace::TracePolicy::new(t, spans))),
+            failure_log: crate::telemetry::throttle::Throttle::new(std::time::Duration::from_secs(
+                1,
+            )),
             retry: cfg.retry.as_ref().map(super::retry::RetryPolicy::new),
             rate_limit: cfg
                 .rate_limit

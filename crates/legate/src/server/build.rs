@@ -77,6 +77,8 @@ pub struct BuildEnv<'a> {
     pub metrics: &'a Arc<Metrics>,
     pub state: &'a Arc<State>,
     pub sink: &'a Sink,
+    /// The OTLP exporter's queue, with `otlp:`.
+    pub spans: Option<&'a Arc<crate::telemetry::otlp::SpanSink>>,
 }
 
 impl Generation {
@@ -154,7 +156,12 @@ pub fn build(
                 };
                 let mut compiled = Vec::with_capacity(l.routes.len());
                 for r in &l.routes {
-                    let route = route(&name, r, &upstreams, prev, env.metrics)?;
+                    // The listener's `tracing:` applies to routes without their own.
+                    let mut r = r.clone();
+                    if r.tracing.is_none() {
+                        r.tracing = l.tracing.clone();
+                    }
+                    let route = route(&name, &r, &upstreams, prev, env)?;
                     compiled.push(route.route.clone());
                     routes.push(route);
                 }
@@ -269,7 +276,7 @@ fn route(
     r: &config::RouteConfig,
     upstreams: &[BuiltUpstream],
     prev: Option<&Generation>,
-    metrics: &Arc<Metrics>,
+    env: &BuildEnv<'_>,
 ) -> Result<BuiltRoute, StartError> {
     let Some(up) = find(upstreams, &r.upstream) else {
         return Err(StartError::Invalid(format!(
@@ -285,8 +292,8 @@ fn route(
     let route = match kept {
         Some(k) => k.route.clone(),
         None => {
-            let rm = metrics.route(listener, &r.name, &r.upstream);
-            Arc::new(Route::compile(r, up.up.clone(), rm)?)
+            let rm = env.metrics.route(listener, &r.name, &r.upstream);
+            Arc::new(Route::compile(r, up.up.clone(), rm, env.spans.cloned())?)
         }
     };
     Ok(BuiltRoute {

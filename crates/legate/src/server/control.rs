@@ -101,6 +101,9 @@ pub(super) struct Control {
     pub admin_socket: Option<std::net::TcpListener>,
     pub reload_requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
     pub reload_sender: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
+    /// The OTLP queue and its exporter, with `otlp:` (read at start only).
+    pub spans: Option<Arc<crate::telemetry::otlp::SpanSink>>,
+    pub exporter: Option<crate::telemetry::otlp::Exporter>,
 }
 
 /// The reload side of the control thread, alive as long as the process.
@@ -119,6 +122,7 @@ struct Reloader {
     state: Arc<State>,
     sink: Sink,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
+    spans: Option<Arc<crate::telemetry::otlp::SpanSink>>,
     stop: watch::Receiver<bool>,
     /// The config file as last seen by the watch.
     config_stamp: Stamp,
@@ -187,6 +191,8 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
         admin_socket,
         reload_requests,
         reload_sender,
+        spans,
+        exporter,
     } = c;
     rt.block_on(async move {
         if handle_signals {
@@ -198,6 +204,11 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
         if let Some(procs) = exit_processes {
             tokio::spawn(lifecycle::exit::with_processes(procs, state.clone()));
         }
+        // Finished last: the spans of the drain's final requests are flushed before exit.
+        let exporting = exporter.map(|e| {
+            let flush = e.timeout() + Duration::from_secs(1);
+            (tokio::spawn(e.run(stop.clone())), flush)
+        });
         if let Some(socket) = admin_socket {
             let admin = Arc::new(Admin {
                 state: state.clone(),
@@ -233,6 +244,7 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
             state: state.clone(),
             sink,
             unix_paths,
+            spans,
             stop: stop.clone(),
             config_stamp,
             missing_reported: false,
@@ -252,6 +264,9 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
         tracing::info!("ready");
         let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
+        if let Some((task, flush)) = exporting {
+            let _ = tokio::time::timeout(flush, task).await;
+        }
     });
 }
 
@@ -495,6 +510,7 @@ impl Reloader {
             metrics: &self.metrics,
             state: &self.state,
             sink: &self.sink,
+            spans: self.spans.as_ref(),
         };
         let gen = match build::build(&cfg, Some(&self.gen), &env, &addrs) {
             Ok(g) => g,
@@ -625,6 +641,10 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     if running.shutdown.exit_when_file != new.shutdown.exit_when_file {
         note("shutdown.exit_when_file");
         new.shutdown.exit_when_file = running.shutdown.exit_when_file.clone();
+    }
+    if !same(&running.otlp, &new.otlp) {
+        note("otlp");
+        new.otlp = running.otlp.clone();
     }
     if running.shutdown.exit_with_process != new.shutdown.exit_with_process {
         note("shutdown.exit_with_process");

@@ -38,6 +38,8 @@ pub enum StartError {
     Exit(#[from] lifecycle::exit::ExitError),
     #[error("cannot start a runtime thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Otlp(#[from] crate::telemetry::otlp::OtlpError),
     #[error("{what}: tls: {source}")]
     Tls {
         what: String,
@@ -155,10 +157,18 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         addrs.insert(l.name.clone(), b.addr);
         bound.push(b);
     }
+    let (spans, exporter) = match &cfg.otlp {
+        Some(o) => {
+            let (sink, exporter) = crate::telemetry::otlp::new(o, &metrics)?;
+            (Some(sink), Some(exporter))
+        }
+        None => (None, None),
+    };
     let env = build::BuildEnv {
         metrics: &metrics,
         state: &state,
         sink: &opts.access_log_sink,
+        spans: spans.as_ref(),
     };
     let gen = match build::build(&cfg, None, &env, &addrs) {
         Ok(g) => g,
@@ -241,6 +251,8 @@ pub fn start(cfg: Config, opts: Options) -> Result<Running, StartError> {
         admin_socket,
         reload_requests,
         reload_sender,
+        spans,
+        exporter,
     };
     let control = std::thread::Builder::new()
         .name("legate-control".into())

@@ -83,6 +83,8 @@ pub struct Entry<'a> {
     pub attempts: u32,
     /// A retriable request whose body was too large to replay (so it was not retried).
     pub replay_skipped: bool,
+    /// The trace id (32 hex digits) when the route traces.
+    pub trace_id: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -92,6 +94,9 @@ impl Entry<'_> {
         write_rfc3339(&mut s, self.ts);
         s.push_str("\",\"type\":\"access\"");
         field(&mut s, "request_id", self.request_id);
+        if let Some(t) = self.trace_id {
+            field(&mut s, "trace_id", t);
+        }
         field(&mut s, "listener", self.listener);
         field(&mut s, "route", self.route);
         field(&mut s, "method", self.method);
@@ -292,6 +297,7 @@ mod tests {
             aborted: false,
             attempts: 2,
             replay_skipped: false,
+            trace_id: None,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["path"], "/a\"b\n");

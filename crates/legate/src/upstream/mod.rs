@@ -9,6 +9,7 @@ pub mod error;
 pub mod h1;
 pub mod health;
 pub mod load;
+pub mod oneshot;
 pub mod outcome;
 pub mod outlier;
 pub mod pool;

@@ -1,0 +1,332 @@
+//! Span export over OTLP/HTTP (protobuf): workers hand finished spans to a bounded queue and
+//! never wait; one exporter task on the control thread sends them in batches.
+//!
+//! Nothing here may slow a request: a full queue drops the new spans and counts them
+//! (`legate_spans_dropped_total{reason="queue-full"}`); an unreachable, slow or refusing
+//! collector costs the exporter its `timeout` per batch and the batch is dropped and counted
+//! (`reason="export-failed"`), while requests go on untouched.
+
+use crate::config::OtlpConfig;
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::oneshot::{self, Url};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
+use prometheus_client::metrics::counter::Counter;
+use prost::Message;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+impl From<String> for AttrValue {
+    fn from(s: String) -> Self {
+        AttrValue::Str(s)
+    }
+}
+
+impl From<i64> for AttrValue {
+    fn from(i: i64) -> Self {
+        AttrValue::Int(i)
+    }
+}
+
+/// A finished span, as the request path hands it over.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent: Option<[u8; 8]>,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub error: bool,
+    pub tracestate: String,
+}
+
+/// The request path's end of the queue.
+pub struct SpanSink {
+    tx: mpsc::Sender<SpanRecord>,
+    queue_full: Counter,
+}
+
+impl std::fmt::Debug for SpanSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpanSink")
+    }
+}
+
+impl SpanSink {
+    /// Queues `spans`; what does not fit is dropped and counted. Never waits.
+    pub fn push(&self, spans: Vec<SpanRecord>) {
+        for s in spans {
+            if self.tx.try_send(s).is_err() {
+                self.queue_full.inc();
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error("otlp.endpoint: {0}")]
+    Endpoint(String),
+    #[error("otlp.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("otlp.headers: `{0}` is not a valid header name or value")]
+    Header(String),
+}
+
+/// The exporter task's state.
+pub struct Exporter {
+    rx: mpsc::Receiver<SpanRecord>,
+    url: Url,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    headers: HeaderMap,
+    headers_from_files: Vec<(HeaderName, std::path::PathBuf)>,
+    timeout: Duration,
+    batch_size: usize,
+    flush_interval: Duration,
+    resource: Resource,
+    exported: Counter,
+    failed: Counter,
+}
+
+/// Builds the queue and its exporter from `otlp:`.
+pub fn new(cfg: &OtlpConfig, metrics: &Metrics) -> Result<(Arc<SpanSink>, Exporter), OtlpError> {
+    let url = Url::parse(
+        "otlp.endpoint",
+        &cfg.endpoint,
+        "use otlp.headers_from_files",
+    )
+    .map_err(OtlpError::Endpoint)?;
+    let tls = if url.tls {
+        let settings = cfg.tls.clone().unwrap_or_default();
+        let client = crate::tls::client::ClientTls::new("otlp".into(), &settings, &[b"http/1.1"])?;
+        Some(client.config())
+    } else {
+        None
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    for (k, v) in &cfg.headers {
+        let name = HeaderName::try_from(k.as_str()).map_err(|_| OtlpError::Header(k.clone()))?;
+        let value = HeaderValue::try_from(v.as_str()).map_err(|_| OtlpError::Header(k.clone()))?;
+        headers.insert(name, value);
+    }
+    let headers_from_files = cfg
+        .headers_from_files
+        .iter()
+        .map(|(k, p)| {
+            HeaderName::try_from(k.as_str())
+                .map(|n| (n, p.clone()))
+                .map_err(|_| OtlpError::Header(k.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
+    let sink = Arc::new(SpanSink {
+        tx,
+        queue_full: metrics.spans_dropped("queue-full"),
+    });
+    let resource = Resource {
+        attributes: vec![
+            kv("service.name", AttrValue::Str(cfg.service_name.clone())),
+            kv(
+                "service.version",
+                AttrValue::Str(env!("CARGO_PKG_VERSION").to_string()),
+            ),
+        ],
+        ..Default::default()
+    };
+    Ok((
+        sink,
+        Exporter {
+            rx,
+            url,
+            tls,
+            headers,
+            headers_from_files,
+            timeout: cfg.timeout.get(),
+            batch_size: cfg.batch_size.max(1),
+            flush_interval: cfg.flush_interval.get(),
+            resource,
+            exported: metrics.spans_exported.clone(),
+            failed: metrics.spans_dropped("export-failed"),
+        },
+    ))
+}
+
+fn kv(key: &str, v: AttrValue) -> KeyValue {
+    let value = match v {
+        AttrValue::Str(s) => any_value::Value::StringValue(s),
+        AttrValue::Int(i) => any_value::Value::IntValue(i),
+    };
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// One span in OTLP's terms.
+pub fn to_proto(s: SpanRecord) -> Span {
+    Span {
+        trace_id: s.trace_id.to_vec(),
+        span_id: s.span_id.to_vec(),
+        trace_state: s.tracestate,
+        parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
+        // The W3C sampled flag: only sampled spans are exported.
+        flags: 0x01,
+        name: s.name,
+        kind: match s.kind {
+            SpanKind::Server => span::SpanKind::Server as i32,
+            SpanKind::Client => span::SpanKind::Client as i32,
+        },
+        start_time_unix_nano: nanos(s.start),
+        end_time_unix_nano: nanos(s.end),
+        attributes: s.attributes.into_iter().map(|(k, v)| kv(k, v)).collect(),
+        status: Some(Status {
+            message: String::new(),
+            code: if s.error {
+                status::StatusCode::Error as i32
+            } else {
+                status::StatusCode::Unset as i32
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+impl Exporter {
+    /// How long one export may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The export request for `spans`, protobuf-encoded.
+    pub fn encode(&self, spans: Vec<SpanRecord>) -> Bytes {
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "legate".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans: spans.into_iter().map(to_proto).collect(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        Bytes::from(req.encode_to_vec())
+    }
+
+    /// Sends batches until `stop` flips, then flushes what is queued (bounded by `timeout`).
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        loop {
+            let deadline = tokio::time::sleep(self.flush_interval);
+            tokio::pin!(deadline);
+            // Collect until the batch is full or the oldest span has waited flush_interval.
+            let stopping = loop {
+                tokio::select! {
+                    got = self.rx.recv() => match got {
+                        Some(s) => {
+                            batch.push(s);
+                            if batch.len() >= self.batch_size {
+                                break false;
+                            }
+                        }
+                        None => break true,
+                    },
+                    _ = &mut deadline, if !batch.is_empty() => break false,
+                    _ = stop.wait_for(|s| *s) => break true,
+                }
+            };
+            if stopping {
+                while let Ok(s) = self.rx.try_recv() {
+                    batch.push(s);
+                }
+            }
+            if !batch.is_empty() {
+                let spans = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_size));
+                self.export(spans).await;
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    async fn export(&self, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        let body = self.encode(spans);
+        let mut headers = self.headers.clone();
+        for (name, path) in &self.headers_from_files {
+            match crate::tls::load::read_secret(path)
+                .ok()
+                .and_then(|v| HeaderValue::try_from(v).ok())
+            {
+                Some(v) => {
+                    headers.insert(name.clone(), v);
+                }
+                None => {
+                    tracing::warn!(header = %name, file = %path.display(), "otlp: cannot read a header's file; sending without it")
+                }
+            }
+        }
+        let sent = tokio::time::timeout(
+            self.timeout,
+            oneshot::post(&self.url, self.tls.as_ref(), headers, body, 64 * 1024),
+        )
+        .await;
+        let failure = match sent {
+            Ok(Ok((status, _))) if status.is_success() => {
+                self.exported.inc_by(n);
+                return;
+            }
+            Ok(Ok((status, body))) => format!(
+                "collector answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        self.failed.inc_by(n);
+        if let Some(folded) = EXPORT_FAILED.check() {
+            tracing::warn!(endpoint = %self.url.authority, spans = n, error = %failure, folded,
+                "otlp: span export failed; the batch is dropped (requests are not affected)");
+        }
+    }
+}
+
+static EXPORT_FAILED: std::sync::LazyLock<crate::telemetry::throttle::Throttle> =
+    std::sync::LazyLock::new(|| crate::telemetry::throttle::Throttle::new(Duration::from_secs(10)));
