@@ -83,7 +83,10 @@ impl Observe {
     pub fn finish(mut self, bytes_out: u64, aborted: bool) {
         self.listener.inflight.dec();
         let trace = self.trace.take();
-        let trace_id = trace.as_ref().map(|t| t.trace_id_hex());
+        let trace_id = trace
+            .as_ref()
+            .filter(|_| self.listener.access_log.enabled)
+            .map(|t| t.trace_id_hex());
         let elapsed = self.start.elapsed();
         let route_metrics = match &self.route {
             Some(r) => &r.metrics,

@@ -32,7 +32,7 @@ const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 const UBER: HeaderName = HeaderName::from_static("uber-trace-id");
 
 /// Every header a trace travels in, in any format legate knows.
-const ALL: [HeaderName; 9] = [
+static ALL: [HeaderName; 9] = [
     TRACEPARENT,
     TRACESTATE,
     B3,
@@ -119,6 +119,26 @@ pub struct Trace {
     pub attempts: Vec<AttemptSpan>,
 }
 
+/// Removes every known trace header: one pass over the request's header names (a handful),
+/// and a removal only for those present, rather than nine hash lookups per request.
+fn remove_all(headers: &mut HeaderMap) {
+    let mut present = [false; 9];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = ALL.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if any {
+        for (i, h) in ALL.iter().enumerate() {
+            if present[i] {
+                headers.remove(h);
+            }
+        }
+    }
+}
+
 fn new_span_id() -> SpanId {
     loop {
         let id = request_id::next();
@@ -156,9 +176,7 @@ pub fn begin(policy: &Arc<TracePolicy>, headers: &mut HeaderMap) -> Option<Box<T
         Some((Propagation::W3c, _)) => tracestate(headers),
         _ => None,
     };
-    for h in &ALL {
-        headers.remove(h);
-    }
+    remove_all(headers);
     let (trace_id, parent, sampled) = match carried.map(|(_, c)| c) {
         Some(c) => {
             let sampled = c.sampled.or(hint).unwrap_or_else(|| policy.sample());
@@ -193,40 +211,31 @@ impl Trace {
     /// Starts an attempt: a new span id, written into `headers` in every configured format.
     pub fn begin_attempt(&mut self, headers: &mut HeaderMap) {
         let span = new_span_id();
-        for h in &ALL {
-            headers.remove(h);
-        }
-        let trace = hex(&self.trace_id);
-        let span_hex = hex(&span);
-        let parent = hex(&self.span_id);
-        let flag = if self.sampled { "1" } else { "0" };
+        // `begin` removed what the caller sent; each insert replaces a previous attempt's.
+        let mut ids = Ids::new(&self.trace_id, &span, &self.span_id);
+        let sampled = self.sampled;
         for f in &self.policy.propagate {
             match f {
                 Propagation::W3c => {
-                    insert(
-                        headers,
-                        TRACEPARENT,
-                        format!("00-{trace}-{span_hex}-0{flag}"),
-                    );
+                    headers.insert(TRACEPARENT, ids.traceparent(sampled));
                     if let Some(ts) = &self.tracestate {
                         headers.insert(TRACESTATE, ts.clone());
                     }
                 }
                 Propagation::B3 => {
-                    insert(headers, B3_TRACE, trace.clone());
-                    insert(headers, B3_SPAN, span_hex.clone());
-                    insert(headers, B3_PARENT, parent.clone());
-                    insert(headers, B3_SAMPLED, flag.to_string());
+                    headers.insert(B3_TRACE, ids.value(ids.trace()));
+                    headers.insert(B3_SPAN, ids.value(ids.span()));
+                    headers.insert(B3_PARENT, ids.value(ids.parent()));
+                    headers.insert(
+                        B3_SAMPLED,
+                        HeaderValue::from_static(if sampled { "1" } else { "0" }),
+                    );
                 }
                 Propagation::B3Single => {
-                    insert(headers, B3, format!("{trace}-{span_hex}-{flag}-{parent}"));
+                    headers.insert(B3, ids.b3(sampled));
                 }
                 Propagation::Jaeger => {
-                    insert(
-                        headers,
-                        UBER,
-                        format!("{trace}:{span_hex}:{parent}:0{flag}"),
-                    );
+                    headers.insert(UBER, ids.uber(sampled));
                 }
             }
         }
@@ -362,9 +371,95 @@ pub struct ServerSpan<'a> {
     pub request_id: &'a str,
 }
 
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(name, v);
+/// The ids of one attempt as hex, formatted once on the stack: every header value is built
+/// from these slices with one copy (no `format!`, no intermediate `String`s).
+struct Ids {
+    /// trace (32) + span (16) + parent (16) hex digits.
+    hex: [u8; 64],
+    buf: [u8; 80],
+}
+
+impl Ids {
+    fn new(trace: &TraceId, span: &SpanId, parent: &SpanId) -> Self {
+        let mut hex = [0u8; 64];
+        hex_into(trace, &mut hex[..32]);
+        hex_into(span, &mut hex[32..48]);
+        hex_into(parent, &mut hex[48..]);
+        Self { hex, buf: [0; 80] }
+    }
+    fn trace(&self) -> std::ops::Range<usize> {
+        0..32
+    }
+    fn span(&self) -> std::ops::Range<usize> {
+        32..48
+    }
+    fn parent(&self) -> std::ops::Range<usize> {
+        48..64
+    }
+    fn value(&self, r: std::ops::Range<usize>) -> HeaderValue {
+        header_value(&self.hex[r])
+    }
+    /// Joins parts (ranges of the hex digits, or literal bytes) into one header value.
+    fn join(&mut self, parts: &[Part<'_>]) -> HeaderValue {
+        let mut n = 0;
+        for p in parts {
+            let bytes: &[u8] = match p {
+                Part::Hex(r) => &self.hex[r.clone()],
+                Part::Lit(l) => l,
+            };
+            self.buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        }
+        header_value(&self.buf[..n])
+    }
+    fn traceparent(&mut self, sampled: bool) -> HeaderValue {
+        let flags: &[u8] = if sampled { b"-01" } else { b"-00" };
+        self.join(&[
+            Part::Lit(b"00-"),
+            Part::Hex(self.trace()),
+            Part::Lit(b"-"),
+            Part::Hex(self.span()),
+            Part::Lit(flags),
+        ])
+    }
+    fn b3(&mut self, sampled: bool) -> HeaderValue {
+        let flag: &[u8] = if sampled { b"-1-" } else { b"-0-" };
+        self.join(&[
+            Part::Hex(self.trace()),
+            Part::Lit(b"-"),
+            Part::Hex(self.span()),
+            Part::Lit(flag),
+            Part::Hex(self.parent()),
+        ])
+    }
+    fn uber(&mut self, sampled: bool) -> HeaderValue {
+        let flags: &[u8] = if sampled { b":01" } else { b":00" };
+        self.join(&[
+            Part::Hex(self.trace()),
+            Part::Lit(b":"),
+            Part::Hex(self.span()),
+            Part::Lit(b":"),
+            Part::Hex(self.parent()),
+            Part::Lit(flags),
+        ])
+    }
+}
+
+enum Part<'a> {
+    Hex(std::ops::Range<usize>),
+    Lit(&'a [u8]),
+}
+
+fn header_value(bytes: &[u8]) -> HeaderValue {
+    // Hex digits and punctuation: always a valid header value.
+    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
     }
 }
 

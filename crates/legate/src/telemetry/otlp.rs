@@ -1,6 +1,11 @@
 //! Span export over OTLP/HTTP (protobuf): workers hand finished spans to a bounded queue and
 //! never wait; one exporter task on the control thread sends them in batches.
 //!
+//! The queue is a vector behind a mutex held for a push, not a channel: a channel wakes the
+//! exporter's thread for every span (a futex call each, most of the cost of exporting), where
+//! this wakes it only when a batch is full; otherwise the exporter looks every
+//! `flush_interval`.
+//!
 //! Nothing here may slow a request: a full queue drops the new spans and counts them
 //! (`legate_spans_dropped_total{reason="queue-full"}`); an unreachable, slow or refusing
 //! collector costs the exporter its `timeout` per batch and the batch is dropped and counted
@@ -19,9 +24,9 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
@@ -64,7 +69,11 @@ pub struct SpanRecord {
 
 /// The request path's end of the queue.
 pub struct SpanSink {
-    tx: mpsc::Sender<SpanRecord>,
+    queue: Mutex<Vec<SpanRecord>>,
+    capacity: usize,
+    batch_size: usize,
+    /// Told when the queue holds a full batch.
+    full: Notify,
     queue_full: Counter,
 }
 
@@ -75,13 +84,33 @@ impl std::fmt::Debug for SpanSink {
 }
 
 impl SpanSink {
-    /// Queues `spans`; what does not fit is dropped and counted. Never waits.
+    /// Queues `spans`; what does not fit is dropped and counted. Never waits (beyond the
+    /// moment another worker holds the lock to push).
     pub fn push(&self, spans: Vec<SpanRecord>) {
-        for s in spans {
-            if self.tx.try_send(s).is_err() {
-                self.queue_full.inc();
-            }
+        let Ok(mut q) = self.queue.lock() else {
+            self.queue_full.inc_by(spans.len() as u64);
+            return;
+        };
+        let room = self.capacity.saturating_sub(q.len());
+        let dropped = spans.len().saturating_sub(room);
+        let before = q.len();
+        q.extend(spans.into_iter().take(room));
+        let crossed = before < self.batch_size && q.len() >= self.batch_size;
+        drop(q);
+        if dropped > 0 {
+            self.queue_full.inc_by(dropped as u64);
         }
+        if crossed {
+            self.full.notify_one();
+        }
+    }
+
+    /// Everything queued.
+    fn take(&self) -> Vec<SpanRecord> {
+        self.queue
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
     }
 }
 
@@ -97,7 +126,7 @@ pub enum OtlpError {
 
 /// The exporter task's state.
 pub struct Exporter {
-    rx: mpsc::Receiver<SpanRecord>,
+    sink: Arc<SpanSink>,
     url: Url,
     tls: Option<Arc<rustls::ClientConfig>>,
     headers: HeaderMap,
@@ -144,9 +173,11 @@ pub fn new(cfg: &OtlpConfig, metrics: &Metrics) -> Result<(Arc<SpanSink>, Export
                 .map_err(|_| OtlpError::Header(k.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (tx, rx) = mpsc::channel(cfg.queue_size.max(1));
     let sink = Arc::new(SpanSink {
-        tx,
+        queue: Mutex::new(Vec::new()),
+        capacity: cfg.queue_size.max(1),
+        batch_size: cfg.batch_size.max(1),
+        full: Notify::new(),
         queue_full: metrics.spans_dropped("queue-full"),
     });
     let resource = Resource {
@@ -160,9 +191,9 @@ pub fn new(cfg: &OtlpConfig, metrics: &Metrics) -> Result<(Arc<SpanSink>, Export
         ..Default::default()
     };
     Ok((
-        sink,
+        sink.clone(),
         Exporter {
-            rx,
+            sink,
             url,
             tls,
             headers,
@@ -250,35 +281,21 @@ impl Exporter {
     }
 
     /// Sends batches until `stop` flips, then flushes what is queued (bounded by `timeout`).
-    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut batch = Vec::with_capacity(self.batch_size);
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = tokio::time::sleep(self.flush_interval);
-            tokio::pin!(deadline);
-            // Collect until the batch is full or the oldest span has waited flush_interval.
-            let stopping = loop {
-                tokio::select! {
-                    got = self.rx.recv() => match got {
-                        Some(s) => {
-                            batch.push(s);
-                            if batch.len() >= self.batch_size {
-                                break false;
-                            }
-                        }
-                        None => break true,
-                    },
-                    _ = &mut deadline, if !batch.is_empty() => break false,
-                    _ = stop.wait_for(|s| *s) => break true,
-                }
+            let stopping = tokio::select! {
+                _ = self.sink.full.notified() => false,
+                _ = tick.tick() => false,
+                _ = stop.wait_for(|s| *s) => true,
             };
-            if stopping {
-                while let Ok(s) = self.rx.try_recv() {
-                    batch.push(s);
-                }
-            }
-            if !batch.is_empty() {
-                let spans = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_size));
-                self.export(spans).await;
+            let mut queued = self.sink.take();
+            // In batches of batch_size; what is left goes too (it waited at most a tick).
+            while !queued.is_empty() {
+                let rest = queued.split_off(queued.len().min(self.batch_size));
+                self.export(queued).await;
+                queued = rest;
             }
             if stopping {
                 return;

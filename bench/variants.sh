@@ -1,0 +1,75 @@
+# bench/variants.sh - shared by the benches that compare legate with itself under different
+# configs (policies.sh, tracing.sh): one static nginx upstream, legate pinned to core 0, the
+# upstream and wrk on core 1, configs alternated round by round (ABBA for two, rotated for
+# more: whichever runs later in a round gets a warmer machine).
+#
+# The including script defines `config VARIANT PORT` (prints legate's YAML; $up_port is the
+# upstream's port) and calls `variants_main VARIANT...`. Env: ROUNDS DURATION LEGATE_BIN.
+set -euo pipefail
+root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${ROUNDS:-6}
+DURATION=${DURATION:-5s}
+LEGATE_BIN=${LEGATE_BIN:-$root/target/release/legate}
+[[ -x $LEGATE_BIN ]] || (cd "$root" && cargo build --release -p legate >&2)
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up_port=$(free_port)
+cat > "$tmp/up.conf" <<NGX
+worker_processes 1; daemon off; pid $tmp/up.pid; error_log $tmp/up.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$up_port; location / { return 200 "ok\n"; } } }
+NGX
+taskset -c 1 nginx -c "$tmp/up.conf" & pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$up_port/" >/dev/null && break; sleep 0.05; done
+
+# One run of VARIANT: prints "µs/req req/s" (legate's CPU time over wrk's requests).
+variant_run() {
+  local port; port=$(free_port)
+  config "$1" "$port" > "$tmp/$1.yaml"
+  taskset -c 0 "$LEGATE_BIN" run -c "$tmp/$1.yaml" >/dev/null 2>&1 & local pid=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.05; done
+  taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$port/" >/dev/null
+  local t0 t1 out n rps
+  t0=$(awk '{print $14+$15}' /proc/$pid/stat)
+  out=$(taskset -c 1 wrk -t1 -c64 -d"$DURATION" "http://127.0.0.1:$port/")
+  t1=$(awk '{print $14+$15}' /proc/$pid/stat)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  n=$(awk '/requests in/{print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/{print int($2)}' <<<"$out")
+  awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" -v r="$rps" 'BEGIN { printf "%.2f %d\n", t*1e6/hz/n, r }'
+}
+
+# The table, then each variant's median CPU µs/request and median req/s ratio to the first.
+variants_main() {
+  local vs=("$@") n=$# i j v
+  printf '| round |'; for v in "${vs[@]}"; do printf ' %s µs/req | %s req/s |' "$v" "$v"; done; echo
+  printf '|---:|'; for _ in "${vs[@]}"; do printf -- '---:|---:|'; done; echo
+  declare -A cpu rps
+  for i in $(seq "$ROUNDS"); do
+    local order=()
+    if (( n == 2 )); then
+      if (( i % 2 )); then order=(0 1); else order=(1 0); fi
+    else
+      for j in $(seq 0 $((n - 1))); do order+=($(( (j + i) % n ))); done
+    fi
+    for j in "${order[@]}"; do
+      read -r c r < <(variant_run "${vs[$j]}")
+      cpu[$i,$j]=$c; rps[$i,$j]=$r
+    done
+    printf '| %d |' "$i"; for j in $(seq 0 $((n - 1))); do printf ' %s | %s |' "${cpu[$i,$j]}" "${rps[$i,$j]}"; done; echo
+  done
+  echo
+  med() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+  for j in $(seq 0 $((n - 1))); do
+    local mc mr
+    mc=$(for i in $(seq "$ROUNDS"); do echo "${cpu[$i,$j]}"; done | med)
+    mr=$(for i in $(seq "$ROUNDS"); do awk -v a="${rps[$i,$j]}" -v b="${rps[$i,0]}" 'BEGIN{printf "%.3f\n", a/b}'; done | med)
+    local cr
+    cr=$(for i in $(seq "$ROUNDS"); do awk -v a="${cpu[$i,$j]}" -v b="${cpu[$i,0]}" 'BEGIN{printf "%.3f\n", a/b}'; done | med)
+    echo "${vs[$j]}: median CPU ${mc} µs/req; median ratio to ${vs[0]}: CPU ${cr}, req/s ${mr}"
+  done
+}
