@@ -335,7 +335,7 @@ fn quick(
         print!("{}", config::to_yaml(&cfg));
         return Ok(ExitCode::SUCCESS);
     }
-    legate::telemetry::logging::init(log_level);
+    legate::telemetry::logging::init(log_level).map_err(|e| anyhow::anyhow!("--log-level: {e}"))?;
     run(cfg, None)
 }
 
@@ -428,9 +428,9 @@ fn main() -> ExitCode {
             config,
             workers,
             exit,
-        } => {
-            legate::telemetry::logging::init(cli.log_level.as_deref());
-            match config::load_file_hashed(&config, config::Files::Check) {
+        } => match legate::telemetry::logging::init(cli.log_level.as_deref()) {
+            Err(e) => Err(anyhow::anyhow!("--log-level: {e}")),
+            Ok(()) => match config::load_file_hashed(&config, config::Files::Check) {
                 Ok((mut cfg, hash)) => {
                     // Flags win over the file, at start and at every reload.
                     let overrides = move |cfg: &mut config::Config| {
@@ -448,8 +448,8 @@ fn main() -> ExitCode {
                     run(cfg, Some(source))
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
-            }
-        }
+            },
+        },
         Command::Wait {
             admin,
             tcp,
@@ -467,8 +467,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Demo(args) => {
-            legate::telemetry::logging::init(Some(cli.log_level.as_deref().unwrap_or("error")));
-            legate::demo::run(args).map(|()| ExitCode::SUCCESS)
+            legate::telemetry::logging::init(Some(cli.log_level.as_deref().unwrap_or("error")))
+                .map_err(|e| anyhow::anyhow!("--log-level: {e}"))
+                .and_then(|()| legate::demo::run(args).map(|()| ExitCode::SUCCESS))
         }
     };
     match result {

@@ -446,7 +446,7 @@ fn log_level_changes_at_runtime() {
     assert!(
         lg.stdout_lines()
             .iter()
-            .any(|l| l.contains("log level changed")),
+            .any(|l| l.contains("log level change requested")),
         "the change itself is logged"
     );
     lg.signal("TERM");

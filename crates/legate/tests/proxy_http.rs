@@ -5,8 +5,10 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use http::Request;
+use http::{Request, Response};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -624,4 +626,47 @@ async fn chunked_upload_arrives_intact() {
     assert_eq!(j["body_len"], 400);
     assert_eq!(j["headers"]["transfer-encoding"][0], "chunked");
     assert!(j["body"].as_str().unwrap().starts_with("000000010002"));
+}
+
+/// A client that leaves while legate waits for the upstream: the request is still accounted
+/// for (access log 499 `aborted`, metrics), and the in-flight gauge goes back to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_request_is_accounted_for() {
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let a = arrived.clone();
+    let up = upstream(Proto::H1, move |_req: Request<Incoming>| {
+        let a = a.clone();
+        async move {
+            a.notify_one();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Response::new(full("late"))
+        }
+    })
+    .await;
+    let lg = Legate::start(&config(up.addr, "", ""));
+    let mut client = Client::h1(lg.addr).await;
+    let pending = tokio::spawn(async move { client.get_raw("/slow").await.map(|_| ()) });
+    arrived.notified().await;
+    assert_eq!(
+        metric(&lg.metrics(), "legate_http_inflight_requests", &[]),
+        Some(1.0)
+    );
+    pending.abort();
+    let _ = pending.await;
+    wait_until_async("the request is accounted for", || {
+        metric(&lg.metrics(), "legate_http_inflight_requests", &[]) == Some(0.0)
+    })
+    .await;
+    let log = lg.log_lines();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["status"], 499);
+    assert_eq!(log[0]["aborted"], true);
+    assert_eq!(
+        metric(
+            &lg.metrics(),
+            "legate_http_requests_total",
+            &["route=\"default\"", "code_class=\"4xx\""]
+        ),
+        Some(1.0)
+    );
 }

@@ -234,6 +234,11 @@ async fn a_retried_request_is_one_server_span_with_two_client_spans() {
         );
         assert_eq!(
             attr(c, "server.address"),
+            Some(Value::StringValue("127.0.0.1".into())),
+            "the configured host (an IP here)"
+        );
+        assert_eq!(
+            attr(c, "network.peer.address"),
             Some(Value::StringValue("127.0.0.1".into()))
         );
         assert!(c.start_time_unix_nano >= server.start_time_unix_nano);

@@ -1,5 +1,5 @@
 //! The admin server (default 127.0.0.1:9901): `/startup`, `/live`, `/ready`, `/metrics`,
-//! `/config`, `POST /reload` and `POST /quitquitquit` (`/quit`).
+//! `/config`, `GET`/`PUT /log-level`, `POST /reload` and `POST /quitquitquit` (`/quit`).
 //!
 //! Admin may bind beyond loopback so the kubelet can probe it; then every endpoint that changes
 //! state answers only loopback peers (linkerd's rule), and `/config` too unless
@@ -169,11 +169,10 @@ async fn set_log_level(
         },
     };
     let before = crate::telemetry::logging::current();
+    // Said before the change: a change to `error` or `off` would hide its own line.
+    tracing::warn!(%peer, from = %before, to = %filter, "log level change requested");
     match crate::telemetry::logging::set(&filter) {
-        Ok(()) => {
-            tracing::warn!(%peer, from = %before, to = %filter, "log level changed");
-            text(StatusCode::OK, PLAIN, format!("{filter}\n"))
-        }
+        Ok(()) => text(StatusCode::OK, PLAIN, format!("{filter}\n")),
         Err(e) => text(StatusCode::BAD_REQUEST, PLAIN, format!("{e}\n")),
     }
 }

@@ -581,6 +581,12 @@ pub fn redacted(cfg: &Config) -> Config {
             hide(&mut r.response_headers);
         }
     }
+    // A collector's headers are API keys and tenant tokens more often than not: all hidden.
+    if let Some(o) = &mut cfg.otlp {
+        for v in o.headers.values_mut() {
+            *v = "<redacted>".into();
+        }
+    }
     cfg
 }
 

@@ -95,10 +95,17 @@ fn check_tracing(issues: &mut Issues, base: &str, t: &super::model::TracingConfi
 }
 
 fn check_otlp(issues: &mut Issues, o: &super::model::OtlpConfig) {
-    if let Err(e) =
-        crate::upstream::oneshot::Url::parse("otlp.endpoint", &o.endpoint, "use headers_from_files")
-    {
-        issues.add("otlp.endpoint", e);
+    match crate::upstream::oneshot::Url::parse(
+        "otlp.endpoint",
+        &o.endpoint,
+        "use headers_from_files",
+    ) {
+        Err(e) => issues.add("otlp.endpoint", e),
+        Ok(u) if !u.tls && o.tls.is_some() => issues.add(
+            "otlp.tls",
+            "the endpoint is http://: write https:// to use these TLS settings",
+        ),
+        Ok(_) => {}
     }
     issues.positive("otlp.timeout", o.timeout.get());
     issues.positive("otlp.flush_interval", o.flush_interval.get());

@@ -166,7 +166,12 @@ pub async fn forward(
                 Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
                 Err(e) => (None, Some(e.reply().1)),
             };
-            t.end_attempt(endpoint, status, error);
+            let host = endpoint.and_then(|a| {
+                let eps = up.endpoints();
+                let target = eps.iter().find(|e| e.addr == a)?.target;
+                up.targets.get(target).map(|t| t.spec.host.clone())
+            });
+            t.end_attempt(endpoint, host, status, error);
         }
         first = unused;
         // The access log names the last endpoint tried, even if the route timeout ends the

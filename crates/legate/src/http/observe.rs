@@ -41,6 +41,15 @@ pub struct Observe {
     pub replay_skipped: bool,
     /// The request's trace, when its route traces.
     pub trace: Option<Box<super::trace::Trace>>,
+    /// Accounted for: by `finish`, or by `Drop` when the request's future was dropped before
+    /// a response existed (the client closed its connection while legate waited upstream).
+    done: bool,
+}
+
+impl Drop for Observe {
+    fn drop(&mut self) {
+        self.complete(0, true);
+    }
 }
 
 impl Observe {
@@ -65,6 +74,7 @@ impl Observe {
             attempts: 0,
             replay_skipped: false,
             trace: None,
+            done: false,
         }
     }
 
@@ -81,6 +91,19 @@ impl Observe {
     }
 
     pub fn finish(mut self, bytes_out: u64, aborted: bool) {
+        self.complete(bytes_out, aborted);
+    }
+
+    fn complete(&mut self, bytes_out: u64, aborted: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if aborted && self.status == 0 {
+            // The client went away before any response (nginx's 499): counted and logged, and
+            // never left in the in-flight gauge.
+            self.status = 499;
+        }
         self.listener.inflight.dec();
         let trace = self.trace.take();
         let trace_id = trace

@@ -100,6 +100,8 @@ pub struct AttemptSpan {
     pub start: SystemTime,
     pub end: Option<SystemTime>,
     pub endpoint: Option<std::net::SocketAddr>,
+    /// The endpoint's configured host name (`server.address`).
+    pub host: Option<String>,
     pub status: Option<u16>,
     pub error: Option<&'static str>,
 }
@@ -245,6 +247,7 @@ impl Trace {
                 start: SystemTime::now(),
                 end: None,
                 endpoint: None,
+                host: None,
                 status: None,
                 error: None,
             });
@@ -255,12 +258,14 @@ impl Trace {
     pub fn end_attempt(
         &mut self,
         endpoint: Option<std::net::SocketAddr>,
+        host: Option<String>,
         status: Option<u16>,
         error: Option<&'static str>,
     ) {
         if let Some(a) = self.attempts.last_mut() {
             a.end = Some(SystemTime::now());
             a.endpoint = endpoint;
+            a.host = host;
             a.status = status;
             a.error = error;
         }
@@ -324,9 +329,13 @@ impl Trace {
                 ("http.request.method", server.method.to_string().into()),
                 ("legate.upstream", server.upstream.to_string().into()),
             ];
+            if let Some(h) = &a.host {
+                attrs.push(("server.address", h.clone().into()));
+            }
             if let Some(ep) = a.endpoint {
-                attrs.push(("server.address", ep.ip().to_string().into()));
                 attrs.push(("server.port", i64::from(ep.port()).into()));
+                attrs.push(("network.peer.address", ep.ip().to_string().into()));
+                attrs.push(("network.peer.port", i64::from(ep.port()).into()));
             }
             if let Some(s) = a.status {
                 attrs.push(("http.response.status_code", i64::from(s).into()));

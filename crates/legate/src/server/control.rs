@@ -123,6 +123,8 @@ struct Reloader {
     sink: Sink,
     unix_paths: Arc<Mutex<Vec<PathBuf>>>,
     spans: Option<Arc<crate::telemetry::otlp::SpanSink>>,
+    /// Watched files that are not the config's to change (the OTLP collector's TLS).
+    fixed_files: Vec<Arc<dyn files::Reloadable>>,
     stop: watch::Receiver<bool>,
     /// The config file as last seen by the watch.
     config_stamp: Stamp,
@@ -204,6 +206,14 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
         if let Some(procs) = exit_processes {
             tokio::spawn(lifecycle::exit::with_processes(procs, state.clone()));
         }
+        // Files read at start only and watched for good (the collector's TLS).
+        let fixed_files: Vec<Arc<dyn files::Reloadable>> = exporter
+            .as_ref()
+            .and_then(|e| e.tls())
+            .map(|t| t as Arc<dyn files::Reloadable>)
+            .filter(|t| !t.files().is_empty())
+            .into_iter()
+            .collect();
         // Finished last: the spans of the drain's final requests are flushed before exit.
         let exporting = exporter.map(|e| {
             let flush = e.timeout() + Duration::from_secs(1);
@@ -220,7 +230,7 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
         }
         metrics.config_loaded(None, &hash, now_unix());
         let watcher = Watcher::new(
-            gen.reloadables(),
+            [gen.reloadables(), fixed_files.clone()].concat(),
             metrics.clone(),
             cfg.files.expiry_warning.get(),
         );
@@ -245,6 +255,7 @@ pub(super) fn run(c: Control, stop: watch::Receiver<bool>) {
             sink,
             unix_paths,
             spans,
+            fixed_files,
             stop: stop.clone(),
             config_stamp,
             missing_reported: false,
@@ -605,8 +616,10 @@ impl Reloader {
             "upstreams: {kept} kept with their state, {} new or rebuilt, {dropped} retired",
             new_upstreams.len()
         ));
-        self.watcher
-            .set_items(gen.reloadables(), cfg.files.expiry_warning.get());
+        self.watcher.set_items(
+            [gen.reloadables(), self.fixed_files.clone()].concat(),
+            cfg.files.expiry_warning.get(),
+        );
         self.state.set_drain(drain_settings(&cfg));
         self.gen = gen;
         self.cfg = cfg;

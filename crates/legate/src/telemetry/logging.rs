@@ -15,17 +15,29 @@ static RELOAD: OnceLock<Apply> = OnceLock::new();
 static CURRENT: Mutex<String> = Mutex::new(String::new());
 
 /// Installs the global JSON logger. Safe to call more than once (later calls do nothing).
-pub fn init(level: Option<&str>) {
-    let (filter, text) = match level {
-        Some(l) => match EnvFilter::try_new(l) {
-            Ok(f) => (f, l.to_string()),
-            Err(_) => (EnvFilter::new("info"), "info".to_string()),
-        },
+/// `--log-level` must be a level or `target=level` directives (a typo is an error, not a
+/// silent `info`); a `RUST_LOG` that is not falls back to `info`, and says so.
+pub fn init(level: Option<&str>) -> Result<(), LevelError> {
+    let invalid = |filter: &str, reason: String| LevelError::Invalid {
+        filter: filter.to_string(),
+        reason,
+    };
+    let mut fallback = None;
+    let text = match level {
+        Some(l) => {
+            check_directives(l.trim()).map_err(|r| invalid(l, r))?;
+            l.trim().to_string()
+        }
         None => match std::env::var("RUST_LOG") {
-            Ok(v) if EnvFilter::try_new(&v).is_ok() => (EnvFilter::new(&v), v),
-            _ => (EnvFilter::new("info"), "info".to_string()),
+            Ok(v) if check_directives(v.trim()).is_ok() => v.trim().to_string(),
+            Ok(v) => {
+                fallback = Some(v);
+                "info".to_string()
+            }
+            Err(_) => "info".to_string(),
         },
     };
+    let filter = EnvFilter::try_new(&text).map_err(|e| invalid(&text, e.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -43,7 +55,11 @@ pub fn init(level: Option<&str>) {
         if let Ok(mut c) = CURRENT.lock() {
             *c = text;
         }
+        if let Some(v) = fallback {
+            tracing::warn!(rust_log = %v, "RUST_LOG is not a log level or filter; using info");
+        }
     }
+    Ok(())
 }
 
 /// The filter in force (`info`, `legate=debug,info`, ...); empty before `init`.

@@ -99,6 +99,14 @@ impl SpanSink {
         drop(q);
         if dropped > 0 {
             self.queue_full.inc_by(dropped as u64);
+            if let Some(folded) = QUEUE_FULL.check() {
+                tracing::warn!(
+                    dropped,
+                    folded,
+                    queue_size = self.capacity,
+                    "otlp: the span queue is full (the collector is slow or down); spans dropped"
+                );
+            }
         }
         if crossed {
             self.full.notify_one();
@@ -128,7 +136,8 @@ pub enum OtlpError {
 pub struct Exporter {
     sink: Arc<SpanSink>,
     url: Url,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Rebuilt by the file watcher when its certificates change.
+    tls: Option<Arc<crate::tls::client::ClientTls>>,
     headers: HeaderMap,
     headers_from_files: Vec<(HeaderName, std::path::PathBuf)>,
     timeout: Duration,
@@ -141,7 +150,7 @@ pub struct Exporter {
 
 /// Builds the queue and its exporter from `otlp:`.
 pub fn new(cfg: &OtlpConfig, metrics: &Metrics) -> Result<(Arc<SpanSink>, Exporter), OtlpError> {
-    let url = Url::parse(
+    let mut url = Url::parse(
         "otlp.endpoint",
         &cfg.endpoint,
         "use otlp.headers_from_files",
@@ -149,8 +158,12 @@ pub fn new(cfg: &OtlpConfig, metrics: &Metrics) -> Result<(Arc<SpanSink>, Export
     .map_err(OtlpError::Endpoint)?;
     let tls = if url.tls {
         let settings = cfg.tls.clone().unwrap_or_default();
+        if let Some(name) = &settings.server_name {
+            url.tls_name = name.clone();
+        }
+        // Only HTTP/1.1 is spoken to the collector, whatever `alpn` says.
         let client = crate::tls::client::ClientTls::new("otlp".into(), &settings, &[b"http/1.1"])?;
-        Some(client.config())
+        Some(Arc::new(client))
     } else {
         None
     };
@@ -255,6 +268,11 @@ pub fn to_proto(s: SpanRecord) -> Span {
 }
 
 impl Exporter {
+    /// The collector's TLS, for the file watcher.
+    pub fn tls(&self) -> Option<Arc<crate::tls::client::ClientTls>> {
+        self.tls.clone()
+    }
+
     /// How long one export may take.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -322,7 +340,13 @@ impl Exporter {
         }
         let sent = tokio::time::timeout(
             self.timeout,
-            oneshot::post(&self.url, self.tls.as_ref(), headers, body, 64 * 1024),
+            oneshot::post(
+                &self.url,
+                self.tls.as_ref().map(|t| t.config()).as_ref(),
+                headers,
+                body,
+                64 * 1024,
+            ),
         )
         .await;
         let failure = match sent {
@@ -344,6 +368,9 @@ impl Exporter {
         }
     }
 }
+
+static QUEUE_FULL: std::sync::LazyLock<crate::telemetry::throttle::Throttle> =
+    std::sync::LazyLock::new(|| crate::telemetry::throttle::Throttle::new(Duration::from_secs(10)));
 
 static EXPORT_FAILED: std::sync::LazyLock<crate::telemetry::throttle::Throttle> =
     std::sync::LazyLock::new(|| crate::telemetry::throttle::Throttle::new(Duration::from_secs(10)));

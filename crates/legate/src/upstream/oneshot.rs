@@ -16,6 +16,8 @@ pub struct Url {
     pub port: u16,
     pub authority: String,
     pub path: String,
+    /// The name sent as SNI and verified in the certificate: the host, unless overridden.
+    pub tls_name: String,
 }
 
 impl Url {
@@ -38,9 +40,11 @@ impl Url {
         if auth.as_str().contains('@') {
             return Err(format!("{field} `{s}` contains credentials: {credentials}"));
         }
+        let host = auth.host().trim_matches(['[', ']']).to_string();
         Ok(Self {
             tls,
-            host: auth.host().trim_matches(['[', ']']).to_string(),
+            tls_name: host.clone(),
+            host,
             port: auth.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             authority: auth.as_str().to_string(),
             path: uri
@@ -72,8 +76,8 @@ pub async fn post(
     let _ = tcp.set_nodelay(true);
     match tls {
         Some(cfg) => {
-            let name = rustls_pki_types::ServerName::try_from(url.host.clone())
-                .map_err(|_| format!("`{}` is not a valid TLS name", url.host))?;
+            let name = rustls_pki_types::ServerName::try_from(url.tls_name.clone())
+                .map_err(|_| format!("`{}` is not a valid TLS name", url.tls_name))?;
             let stream = tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name, tcp)
                 .await
