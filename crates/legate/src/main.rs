@@ -309,6 +309,7 @@ fn quick_config(a: &HttpArgs) -> anyhow::Result<config::Config> {
 }
 
 fn run(cfg: config::Config, config_file: Option<server::ConfigSource>) -> anyhow::Result<ExitCode> {
+    legate::lifecycle::raise_open_files_limit();
     let running = server::start(
         cfg,
         Options {

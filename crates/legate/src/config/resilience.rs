@@ -302,11 +302,15 @@ pub enum Balance {
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
+    /// Connections to the upstream open at once (all workers). A request over it waits for one.
     #[serde(default = "default_1024")]
     pub max_connections: u32,
-    #[serde(default = "default_1024")]
+    /// Requests waiting for a connection (a new one, or one another request gives back); over
+    /// it a request fails at once with 503 `overflow`.
+    #[serde(default = "default_65536")]
     pub max_pending_requests: u32,
-    #[serde(default = "default_1024")]
+    /// Requests in flight to the upstream; over it a request fails at once with 503 `overflow`.
+    #[serde(default = "default_65536")]
     pub max_requests: u32,
     /// Retries in flight at once across the upstream.
     #[serde(default = "default_max_retries")]
@@ -332,8 +336,8 @@ impl Default for CircuitBreakerConfig {
     fn default() -> Self {
         Self {
             max_connections: default_1024(),
-            max_pending_requests: default_1024(),
-            max_requests: default_1024(),
+            max_pending_requests: default_65536(),
+            max_requests: default_65536(),
             max_retries: default_max_retries(),
             failure_ratio: default_failure_ratio(),
             min_requests: default_min_requests(),
@@ -346,6 +350,11 @@ impl Default for CircuitBreakerConfig {
 }
 fn default_1024() -> u32 {
     1024
+}
+/// High enough that a burst to a healthy upstream waits for connections instead of failing
+/// (Envoy's 1024 sheds a burst of 1,500): the limits shed load where a user sets them low.
+fn default_65536() -> u32 {
+    65536
 }
 fn default_max_retries() -> u32 {
     3

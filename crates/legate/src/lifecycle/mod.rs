@@ -189,6 +189,39 @@ impl State {
     }
 }
 
+/// Raises the open-files soft limit to the hard limit, as nginx's `worker_rlimit_nofile` would:
+/// every client connection and every upstream connection is a descriptor, and the soft limit
+/// many runtimes start with (1024) would refuse a burst an app can easily make.
+pub fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::info!(
+            from = before,
+            to = lim.rlim_cur,
+            "raised the open-files limit to its hard limit"
+        );
+    } else {
+        tracing::warn!(
+            soft = before,
+            hard = lim.rlim_max,
+            "cannot raise the open-files limit; connections beyond it will be refused"
+        );
+    }
+}
+
 /// Waits for SIGTERM or SIGINT and starts the drain (exit 0, or 143/130 without
 /// `shutdown.exit_zero_on_sigterm`); a second signal exits at once.
 pub async fn watch_signals(state: std::sync::Arc<State>) {

@@ -67,7 +67,9 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    // A burst of connects from the app must not overflow the accept queue (the kernel caps
+    // this at net.core.somaxconn, 4096 by default).
+    socket.listen(4096)?;
     Ok(socket.into())
 }
 

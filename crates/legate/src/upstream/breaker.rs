@@ -39,6 +39,10 @@ impl Limit {
 pub struct Limits {
     max: [u32; 4],
     now: [AtomicU32; 4],
+    /// Requests waiting for a connection slot (`max_connections` reached).
+    waiting: AtomicU32,
+    /// Told when a connection slot frees while requests wait.
+    freed: tokio::sync::Notify,
 }
 
 /// Holds one unit of a limit until dropped.
@@ -51,6 +55,20 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limits.now[self.which].fetch_sub(1, Ordering::AcqRel);
+        if self.which == Limit::Connections as usize
+            && self.limits.waiting.load(Ordering::Acquire) > 0
+        {
+            self.limits.freed.notify_one();
+        }
+    }
+}
+
+/// Counts one request waiting for a connection slot, while held.
+pub struct Waiting(Arc<Limits>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -64,7 +82,25 @@ impl Limits {
                 c.max_retries,
             ],
             now: Default::default(),
+            waiting: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Requests waiting for a connection slot now.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Registers a request as waiting for a connection slot.
+    pub fn wait_for_connection(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(self.clone())
+    }
+
+    /// Resolves when a connection slot frees (or a wake-up was stored for the next waiter).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     fn index(l: Limit) -> usize {

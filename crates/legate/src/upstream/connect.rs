@@ -230,19 +230,16 @@ pub async fn dial(up: &Upstream, ep: &Endpoint) -> Result<(Io, bool), UpstreamEr
     Ok((io, h2))
 }
 
-/// Opens a new connection to `ep` and performs the HTTP handshake. Counts against the
-/// upstream's `max_connections` for as long as the connection lives. With `fast`, an
+/// Opens a new connection to `ep` and performs the HTTP handshake. `permit` (a unit of the
+/// upstream's `max_connections`) is held for as long as the connection lives. With `fast`, an
 /// HTTP/1.1 connection is returned for legate's own client instead of hyper's.
-pub async fn open(up: &Upstream, ep: &Endpoint, fast: bool) -> Result<Sender, UpstreamError> {
+pub async fn open(
+    up: &Upstream,
+    ep: &Endpoint,
+    fast: bool,
+    permit: super::breaker::Permit,
+) -> Result<Sender, UpstreamError> {
     let endpoint = ep.addr;
-    let Some(permit) = up.limits.acquire(super::breaker::Limit::Connections) else {
-        up.metrics
-            .overflowed(&up.name, super::breaker::Limit::Connections.name());
-        return Err(UpstreamError::Overflow {
-            upstream: up.name.clone(),
-            limit: "max_connections",
-        });
-    };
     let (io, h2) = dial(up, ep).await?;
     let metrics = ep.metrics.clone();
     if fast && !h2 {

@@ -4,14 +4,17 @@
 //! HTTP/1.1 connections are checked out exclusively and come back when the response body has
 //! been read to its end (see `PoolReturn`); an HTTP/2 connection is shared by cloning its sender.
 
+use super::breaker::{Limit, Limits};
 use super::connect::{self, Sender};
 use super::h1::H1Conn;
 use super::{Endpoint, Upstream, UpstreamError};
 use crate::http::body::ReqBody;
 use hyper::client::conn::{http1, http2};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 type Key = (usize, SocketAddr);
 
@@ -21,6 +24,48 @@ struct Idle {
     fast: Vec<(H1Conn, Instant)>,
     h2: Option<http2::SendRequest<ReqBody>>,
     idle_timeout: Duration,
+    /// Requests of this worker waiting for a connection (the upstream at `max_connections`),
+    /// first come first served: a connection given back goes to them before the pool.
+    waiters: VecDeque<Waiter>,
+}
+
+struct Waiter {
+    /// Can use legate's own HTTP/1.1 client (hyper's connections suit every waiter).
+    fast: bool,
+    tx: oneshot::Sender<Sender>,
+}
+
+/// Gives `conn` to the first waiter that can use it; back if none could.
+fn hand_over(entry: &mut Idle, mut conn: Sender) -> Option<Sender> {
+    let mut i = 0;
+    while i < entry.waiters.len() {
+        let w = &entry.waiters[i];
+        if w.tx.is_closed() {
+            entry.waiters.remove(i);
+            continue;
+        }
+        if matches!(conn, Sender::Fast(_)) && !w.fast {
+            i += 1;
+            continue;
+        }
+        let Some(w) = entry.waiters.remove(i) else {
+            break;
+        };
+        match w.tx.send(conn) {
+            Ok(()) => return None,
+            Err(back) => conn = back,
+        }
+    }
+    Some(conn)
+}
+
+/// What to do with a connection a request is done with: a waiter of this worker takes it; if
+/// requests elsewhere wait for a connection slot, it is closed so its slot goes to them (pools
+/// are per worker: an idle connection here is no use to a request waiting on another worker);
+/// otherwise it is pooled (`Some`).
+fn after_use(entry: &mut Idle, conn: Sender, limits: &Limits) -> Option<Sender> {
+    let conn = hand_over(entry, conn)?;
+    (limits.waiting() == 0).then_some(conn)
 }
 
 /// Keyed by (upstream, endpoint). A sidecar talks to a handful of endpoints, so a linear scan
@@ -48,6 +93,7 @@ pub struct PoolReturn {
     max_idle: usize,
     idle_timeout: Duration,
     tx: http1::SendRequest<ReqBody>,
+    limits: Arc<Limits>,
 }
 
 impl PoolReturn {
@@ -63,6 +109,7 @@ impl PoolReturn {
             max_idle: up.pool.max_idle_per_endpoint,
             idle_timeout: up.pool.idle_timeout,
             tx,
+            limits: up.limits.clone(),
         }
     }
 
@@ -75,8 +122,11 @@ impl PoolReturn {
         };
         let entry = entry(&mut idle, self.key);
         entry.idle_timeout = self.idle_timeout;
+        let Some(Sender::H1(tx)) = after_use(entry, Sender::H1(self.tx), &self.limits) else {
+            return;
+        };
         if entry.h1.len() < self.max_idle {
-            entry.h1.push((self.tx, Instant::now()));
+            entry.h1.push((tx, Instant::now()));
         }
     }
 }
@@ -87,6 +137,7 @@ pub struct FastReturn {
     key: Key,
     max_idle: usize,
     idle_timeout: Duration,
+    limits: Arc<Limits>,
 }
 
 impl FastReturn {
@@ -96,10 +147,12 @@ impl FastReturn {
             key: (up.index, addr),
             max_idle: up.pool.max_idle_per_endpoint,
             idle_timeout: up.pool.idle_timeout,
+            limits: up.limits.clone(),
         }
     }
 
     pub fn give(self, conn: H1Conn) {
+        // No reuse at all: the connection closes (and its slot frees for a waiter).
         if self.max_idle == 0 {
             return;
         }
@@ -108,6 +161,9 @@ impl FastReturn {
         };
         let entry = entry(&mut idle, self.key);
         entry.idle_timeout = self.idle_timeout;
+        let Some(Sender::Fast(conn)) = after_use(entry, Sender::Fast(conn), &self.limits) else {
+            return;
+        };
         if entry.fast.len() < self.max_idle {
             entry.fast.push((conn, Instant::now()));
         }
@@ -173,8 +229,53 @@ impl Pools {
                 if e.h2.as_ref().is_some_and(|h| h.is_closed()) {
                     e.h2 = None;
                 }
-                !e.h1.is_empty() || !e.fast.is_empty() || e.h2.is_some()
+                e.waiters.retain(|w| !w.tx.is_closed());
+                !e.h1.is_empty() || !e.fast.is_empty() || e.h2.is_some() || !e.waiters.is_empty()
             });
+        }
+    }
+}
+
+enum Waited {
+    /// A connection slot freed: open a new connection with it.
+    Slot(super::breaker::Permit),
+    /// A connection another request of this worker gave back.
+    Conn(Sender),
+}
+
+/// At `max_connections`: waits (bounded by the caller's deadline) until a request of this
+/// worker gives a connection back, or a slot frees anywhere.
+async fn wait_for_connection(pools: &Arc<Pools>, up: &Upstream, key: Key, fast: bool) -> Waited {
+    let _waiting = up.limits.wait_for_connection();
+    loop {
+        let (tx, mut rx) = oneshot::channel();
+        if let Ok(mut idle) = pools.idle.lock() {
+            entry(&mut idle, key).waiters.push_back(Waiter { fast, tx });
+        }
+        let freed = up.limits.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        // A slot may have freed between the first try and registering.
+        if let Some(p) = up.limits.acquire(Limit::Connections) {
+            return Waited::Slot(p);
+        }
+        tokio::select! {
+            got = &mut rx => {
+                if let Ok(sender) = got {
+                    return Waited::Conn(sender);
+                }
+            }
+            _ = freed => {
+                // Take the slot, or wait again if another request took it first; a connection
+                // handed over meanwhile is not lost: it is in `rx`.
+                rx.close();
+                if let Ok(sender) = rx.try_recv() {
+                    return Waited::Conn(sender);
+                }
+                if let Some(p) = up.limits.acquire(Limit::Connections) {
+                    return Waited::Slot(p);
+                }
+            }
         }
     }
 }
@@ -225,18 +326,31 @@ pub async fn checkout(
             }
         }
     }
-    // Waiting for a new connection is the "pending" state Envoy's max_pending_requests bounds.
-    let Some(_pending) = up.limits.acquire(super::breaker::Limit::PendingRequests) else {
+    // Waiting for a connection is the "pending" state Envoy's max_pending_requests bounds.
+    let Some(_pending) = up.limits.acquire(Limit::PendingRequests) else {
         up.metrics
-            .overflowed(&up.name, super::breaker::Limit::PendingRequests.name());
+            .overflowed(&up.name, Limit::PendingRequests.name());
         return Err(UpstreamError::Overflow {
             upstream: up.name.clone(),
             limit: "max_pending_requests",
         });
     };
+    let permit = match up.limits.acquire(Limit::Connections) {
+        Some(p) => p,
+        None => match wait_for_connection(pools, up, key, fast).await {
+            Waited::Slot(p) => p,
+            Waited::Conn(sender) => {
+                ep.metrics.reused.inc();
+                return Ok(Checkout {
+                    sender,
+                    reused: true,
+                });
+            }
+        },
+    };
     // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a large future that most requests never
     // run, and an inline one would make every request's future as large (moved per request).
-    let sender = Box::pin(connect::open(up, ep, fast)).await?;
+    let sender = Box::pin(connect::open(up, ep, fast, permit)).await?;
     if let Sender::H2(tx) = &sender {
         pools.put_h2(key, up.pool.idle_timeout, tx.clone());
     }
