@@ -271,7 +271,7 @@ proxy_logs() { # NAME: log files worth showing when NAME fails
 }
 
 # ------------------------------------------------------------ measurement --
-declare -A label max_rps cpu_us p50 p99 idle_mib hold_mib notes util
+declare -A label max_rps cpu_us p50 p99 idle_mib hold_mib idle_kib per_conn notes util
 
 add_note() { notes[$1]+="${notes[$1]:+; }$2"; }
 
@@ -290,7 +290,8 @@ measure() {
     if [[ -n $pid ]]; then
         tree=$(tree_pids "$pid")
         # shellcheck disable=SC2086 # word splitting of the pid list is intended
-        idle_mib[$name]=$(kib_to_mib "$(rss_kib $tree)")
+        idle_kib[$name]=$(rss_kib $tree)
+        idle_mib[$name]=$(kib_to_mib "${idle_kib[$name]}")
         log "$name: idle RSS ${idle_mib[$name]} MiB (pids $tree)"
     fi
 
@@ -408,8 +409,15 @@ measure_hold() {
         sleep 0.5
         tree=$(tree_pids "$pid")
         # shellcheck disable=SC2086
-        hold_mib[$name]=$(kib_to_mib "$(rss_kib $tree)")
-        log "$name: holding $held connections, RSS ${hold_mib[$name]} MiB"
+        local hold_kib
+        # shellcheck disable=SC2086
+        hold_kib=$(rss_kib $tree)
+        hold_mib[$name]=$(kib_to_mib "$hold_kib")
+        # What one idle keep-alive connection (one request served) costs: the RSS it added.
+        if [[ -n ${idle_kib[$name]:-} ]] && ((held > 0)); then
+            per_conn[$name]=$(((hold_kib - idle_kib[$name]) * 1024 / held))
+        fi
+        log "$name: holding $held connections, RSS ${hold_mib[$name]} MiB (${per_conn[$name]:-?} B each)"
         if ((held < HOLD_CONNECTIONS)); then
             add_note "$name" "hold: only $held of $HOLD_CONNECTIONS connections established"
         fi
@@ -475,17 +483,18 @@ cell() { # VALUE: the value or n/a
 
 report=$work/report.md
 {
-    echo "| system | max req/s | CPU µs/req | p50 µs @$RATE | p99 µs @$RATE | idle RSS MiB | RSS @$HOLD_CONNECTIONS conns MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| system | max req/s | CPU µs/req | p50 µs @$RATE | p99 µs @$RATE | idle RSS MiB | RSS @$HOLD_CONNECTIONS conns MiB | B per idle conn |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for sys in $SYSTEMS; do
         if [[ $sys == direct ]]; then
-            printf '| %s | %s | – | %s | %s | – | – |\n' "${label[$sys]}" \
+            printf '| %s | %s | – | %s | %s | – | – | – |\n' "${label[$sys]}" \
                 "$(cell "${max_rps[$sys]:-}")" "$(cell "${p50[$sys]:-}")" "$(cell "${p99[$sys]:-}")"
         else
-            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${label[$sys]}" \
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$sys]}" \
                 "$(cell "${max_rps[$sys]:-}")" "$(cell "${cpu_us[$sys]:-}")" \
                 "$(cell "${p50[$sys]:-}")" "$(cell "${p99[$sys]:-}")" \
-                "$(cell "${idle_mib[$sys]:-}")" "$(cell "${hold_mib[$sys]:-}")"
+                "$(cell "${idle_mib[$sys]:-}")" "$(cell "${hold_mib[$sys]:-}")" \
+                "$(cell "${per_conn[$sys]:-}")"
         fi
     done
     echo

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod h1;
 pub mod http;
 pub mod lifecycle;
 pub mod listen;

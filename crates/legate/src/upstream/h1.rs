@@ -4,12 +4,14 @@
 //! when the response body has been read to its end. Requests with streamed bodies and
 //! upgrades use hyper's client.
 //!
-//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when
-//! the last transfer coding is chunked; else Content-Length (differing duplicates are an
-//! error); else the body runs to the end of the connection, which is then not reused.
+//! Response framing (`crate::h1`, shared with the server side) follows RFC 9112 §6.3: no body
+//! for HEAD, 1xx, 204 and 304; chunked when the last transfer coding is chunked; else
+//! Content-Length (differing duplicates are an error); else the body runs to the end of the
+//! connection, which is then not reused.
 
 use super::connect::Io;
 use super::pool::FastReturn;
+use crate::h1::{Decoded, Decoder};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -22,7 +24,6 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-const MAX_LINE: usize = 8 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Keeps `legate_upstream_connections_active` and `max_connections` honest for as long as the
@@ -136,13 +137,13 @@ impl H1Conn {
                 Ok(Some(Parsed::Final(resp, framing, keep_alive))) => {
                     let mut body = H1Body {
                         conn: Some(self),
-                        state: framing,
+                        decoder: framing,
                         keep_alive,
                         give_back: Some(give_back),
                         failed: None,
                     };
                     // Nothing to read (HEAD, 204, 304, length 0): the connection is free now.
-                    if matches!(body.state, State::Length(0)) {
+                    if body.decoder.is_end() {
                         body.done();
                     }
                     return Ok(resp.map(|()| body));
@@ -219,8 +220,10 @@ impl H1Conn {
             headers.append(name, value);
         }
         self.buf.advance(len);
-        let (framing, close_delimited) = framing(head_request, status, &headers)?;
-        let keep_alive = !close_delimited && wants_keep_alive(version, &headers);
+        let (framing, close_delimited) =
+            crate::h1::response_framing(head_request, status, &headers)
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+        let keep_alive = !close_delimited && crate::h1::wants_keep_alive(version, &headers);
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
@@ -231,62 +234,7 @@ impl H1Conn {
 
 enum Parsed {
     Informational,
-    Final(Response<()>, State, bool),
-}
-
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    }
-}
-
-/// How the body is delimited, and whether only the end of the connection ends it.
-fn framing(head_request: bool, status: StatusCode, h: &HeaderMap) -> Result<(State, bool), Error> {
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((State::Length(0), false));
-    }
-    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .map(|s| s.trim().to_ascii_lowercase());
-        return Ok(if last.as_deref() == Some("chunked") {
-            (State::Chunked(Chunk::Size), false)
-        } else {
-            (State::Close, true)
-        });
-    }
-    let mut length = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| Error::Protocol("invalid Content-Length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Protocol("conflicting Content-Length values".into()));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(n) => (State::Length(n), false),
-        None => (State::Close, true),
-    })
+    Final(Response<()>, Decoder, bool),
 }
 
 /// The request line, headers and (in-memory) body as one buffer: one write.
@@ -322,24 +270,10 @@ fn encode(req: &Request<crate::http::body::ReqBody>) -> Vec<u8> {
     out
 }
 
-enum State {
-    Length(u64),
-    Chunked(Chunk),
-    Close,
-    Done,
-}
-
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
-
 /// A response body read straight from the connection.
 pub struct H1Body {
     conn: Option<H1Conn>,
-    state: State,
+    decoder: Decoder,
     keep_alive: bool,
     give_back: Option<FastReturn>,
     /// An error held back for one poll, so what was already passed on (the head, the first
@@ -349,7 +283,7 @@ pub struct H1Body {
 
 impl H1Body {
     fn done(&mut self) {
-        self.state = State::Done;
+        self.decoder.finish();
         if let (Some(conn), Some(back)) = (self.conn.take(), self.give_back.take()) {
             if self.keep_alive && conn.buf.is_empty() {
                 back.give(conn);
@@ -358,15 +292,11 @@ impl H1Body {
     }
 
     pub fn is_end(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0))
+        self.decoder.is_end()
     }
 
     pub fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.decoder.size_hint()
     }
 
     /// Ends the body with `e`, one poll late: what was already passed on (the head, the first
@@ -382,12 +312,6 @@ impl H1Body {
         Poll::Pending
     }
 
-    /// Takes up to `max` buffered bytes.
-    fn take(conn: &mut H1Conn, max: u64) -> Bytes {
-        let n = (conn.buf.len() as u64).min(max) as usize;
-        conn.buf.split_to(n).freeze()
-    }
-
     pub fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -400,89 +324,30 @@ impl H1Body {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match &mut this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(0) => {
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder.is_end() {
+                        this.done();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(t)) => {
+                    this.done();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::End) => {
                     this.done();
                     return Poll::Ready(None);
                 }
-                State::Length(left) => {
-                    if !conn.buf.is_empty() {
-                        let data = Self::take(conn, *left);
-                        *left -= data.len() as u64;
-                        if *left == 0 {
-                            this.done();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Close => {
-                    if !conn.buf.is_empty() {
-                        let data = Self::take(conn, u64::MAX);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Chunked(Chunk::Size) => {
-                    if let Some(i) = find_crlf(&conn.buf) {
-                        let line = conn.buf.split_to(i + 2);
-                        let text = std::str::from_utf8(&line[..i]).unwrap_or("");
-                        let hex = text.split(';').next().unwrap_or("").trim();
-                        let size = u64::from_str_radix(hex, 16)
-                            .map_err(|_| Error::Protocol(format!("bad chunk size `{hex}`")));
-                        match size {
-                            Err(e) => return this.fail(e, cx),
-                            Ok(0) => this.state = State::Chunked(Chunk::Trailers),
-                            Ok(n) => this.state = State::Chunked(Chunk::Data(n)),
-                        }
-                        continue;
-                    }
-                    if conn.buf.len() > MAX_LINE {
-                        return this.fail(Error::Protocol("chunk size line too long".into()), cx);
-                    }
-                }
-                State::Chunked(Chunk::Data(left)) => {
-                    if !conn.buf.is_empty() {
-                        let data = Self::take(conn, *left);
-                        *left -= data.len() as u64;
-                        if *left == 0 {
-                            this.state = State::Chunked(Chunk::DataEnd);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Chunked(Chunk::DataEnd) => {
-                    if conn.buf.len() >= 2 {
-                        if &conn.buf[..2] != b"\r\n" {
-                            return this
-                                .fail(Error::Protocol("chunk not followed by CRLF".into()), cx);
-                        }
-                        conn.buf.advance(2);
-                        this.state = State::Chunked(Chunk::Size);
-                        continue;
-                    }
-                }
-                State::Chunked(Chunk::Trailers) => {
-                    if let Some(end) = find_trailers_end(&conn.buf) {
-                        let block = conn.buf.split_to(end);
-                        let trailers = parse_trailers(&block);
-                        this.done();
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                    }
-                    if conn.buf.len() > MAX_HEAD {
-                        return this.fail(Error::Protocol("trailers too large".into()), cx);
-                    }
-                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => return this.fail(Error::Protocol(e.to_string()), cx),
             }
-            // Need more bytes.
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
             let failure = match conn.poll_fill(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => Error::Io(e),
-                Poll::Ready(Ok(0)) if matches!(this.state, State::Close) => {
+                Poll::Ready(Ok(0)) if this.decoder.ends_at_close() => {
                     // The end of the connection is the end of this body.
-                    this.state = State::Done;
+                    this.decoder.finish();
                     this.conn = None;
                     return Poll::Ready(None);
                 }
@@ -494,90 +359,9 @@ impl H1Body {
     }
 }
 
-fn find_crlf(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(|w| w == b"\r\n")
-}
-
-/// The end of the trailer section: the empty line after zero or more trailer fields.
-fn find_trailers_end(b: &[u8]) -> Option<usize> {
-    if b.starts_with(b"\r\n") {
-        return Some(2);
-    }
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-fn parse_trailers(block: &[u8]) -> Option<HeaderMap> {
-    let text = std::str::from_utf8(block).ok()?;
-    let mut map = HeaderMap::new();
-    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-        let (k, v) = line.split_once(':')?;
-        let name = HeaderName::from_bytes(k.trim().as_bytes()).ok()?;
-        let value = HeaderValue::from_str(v.trim()).ok()?;
-        map.append(name, value);
-    }
-    (!map.is_empty()).then_some(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn framing_rules() {
-        let mut h = HeaderMap::new();
-        assert!(matches!(
-            framing(true, StatusCode::OK, &h),
-            Ok((State::Length(0), false))
-        ));
-        assert!(matches!(
-            framing(false, StatusCode::NO_CONTENT, &h),
-            Ok((State::Length(0), false))
-        ));
-        assert!(matches!(
-            framing(false, StatusCode::OK, &h),
-            Ok((State::Close, true))
-        ));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
-        assert!(matches!(
-            framing(false, StatusCode::OK, &h),
-            Ok((State::Length(12), false))
-        ));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
-        assert!(framing(false, StatusCode::OK, &h).is_err());
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("gzip, chunked"),
-        );
-        assert!(matches!(
-            framing(false, StatusCode::OK, &h),
-            Ok((State::Chunked(_), false))
-        ));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
-        assert!(matches!(
-            framing(false, StatusCode::OK, &h),
-            Ok((State::Close, true))
-        ));
-    }
-
-    #[test]
-    fn keep_alive_rules() {
-        let mut h = HeaderMap::new();
-        assert!(wants_keep_alive(Version::HTTP_11, &h));
-        assert!(!wants_keep_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(wants_keep_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("foo, close"));
-        assert!(!wants_keep_alive(Version::HTTP_11, &h));
-    }
-
-    #[test]
-    fn trailers() {
-        assert_eq!(find_trailers_end(b"\r\nrest"), Some(2));
-        assert_eq!(find_trailers_end(b"grpc-status: 0\r\n\r\nx"), Some(18));
-        let t = parse_trailers(b"grpc-status: 0\r\nx-a: b\r\n\r\n").unwrap();
-        assert_eq!(t["grpc-status"], "0");
-        assert!(parse_trailers(b"\r\n").is_none());
-    }
 
     #[test]
     fn request_encoding() {
