@@ -692,7 +692,9 @@ report=$work/report.md
             done
             ((${#ratios[@]})) || continue
             spread=$(printf '%s\n' "${lv_all[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s–%s", lo, hi }')
-            printf -- '- %s: %s (median %s); legate µs/req %s\n' "$cs" "${ratios[*]}" "$(median "${ratios[@]}")" "$spread"
+            med_ratio=$(printf '%s\n' "${ratios[@]}" | sort -g |
+                awk '{ a[NR] = $1 } END { if (NR % 2) printf "%.2f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+            printf -- '- %s: %s (median %s); legate µs/req %s\n' "$cs" "${ratios[*]}" "$med_ratio" "$spread"
         done
         echo
     fi
