@@ -212,11 +212,7 @@ mod tests {
     type Run = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
 
     /// Feeds `input` in pieces of `step` bytes until the body ends.
-    fn run(
-        mut d: Decoder,
-        input: &[u8],
-        step: usize,
-    ) -> Result<Run, FramingError> {
+    fn run(mut d: Decoder, input: &[u8], step: usize) -> Result<Run, FramingError> {
         let mut buf = BytesMut::new();
         let mut fed = 0;
         let (mut data, mut trailers) = (Vec::new(), None);

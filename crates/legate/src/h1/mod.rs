@@ -8,6 +8,7 @@
 //! fails the request with 502 `upstream-protocol-error`); the rules are the same.
 
 mod decode;
+pub mod request;
 
 pub use decode::{Decoded, Decoder};
 

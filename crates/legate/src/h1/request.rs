@@ -1,0 +1,237 @@
+//! Request heads as the client-facing server reads them: httparse for the syntax, then the
+//! rules RFC 9112 adds (one Host for HTTP/1.1, a framing that can be trusted), with the
+//! limits a listener sets. What it refuses is answered 400, 431, 501 or 505 and the connection
+//! closed; nothing half-parsed goes upstream.
+
+use super::{request_framing, wants_keep_alive, Decoder, FramingError};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+
+/// A listener's head limits (`listeners[].limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// A complete request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub request: Request<()>,
+    /// How the body that follows is delimited.
+    pub body: Decoder,
+    /// The client keeps the connection after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: answer `100 Continue` before reading the body.
+    pub expect_continue: bool,
+    /// Bytes of the buffer the head took.
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("request head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("HTTP version not supported")]
+    Version,
+    #[error("{0}")]
+    Framing(#[from] FramingError),
+}
+
+impl HeadError {
+    /// What the client is answered (then the connection closes).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HeadError::TooLarge(_) | HeadError::TooManyHeaders(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            HeadError::Framing(f) => f.status(),
+        }
+    }
+}
+
+fn malformed(why: impl Into<String>) -> HeadError {
+    HeadError::Malformed(why.into())
+}
+
+/// A request head from the start of `buf`: `Ok(None)` while incomplete (read more, unless the
+/// buffer already holds `max_header_bytes`).
+pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, HeadError> {
+    // RFC 9112 §2.2: empty lines before the request line are ignored.
+    let skip = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let bytes = &buf[skip..];
+    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers.max(1)];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                return Err(HeadError::TooLarge(limits.max_header_bytes));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::TooManyHeaders(limits.max_headers))
+        }
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(e) => return Err(malformed(e.to_string())),
+    };
+    if skip + len > limits.max_header_bytes {
+        return Err(HeadError::TooLarge(limits.max_header_bytes));
+    }
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| malformed("invalid method"))?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Version),
+    };
+    let target = req.path.unwrap_or("");
+    let uri: Uri = target
+        .parse()
+        .map_err(|_| malformed(format!("invalid request target `{target}`")))?;
+    // origin-form, absolute-form, authority-form only for CONNECT, `*` only for OPTIONS.
+    let form_ok = match (&method, target.as_bytes().first()) {
+        (_, Some(b'/')) => true,
+        (&Method::OPTIONS, Some(b'*')) => target == "*",
+        (&Method::CONNECT, _) => uri.authority().is_some() && uri.scheme().is_none(),
+        _ => uri.scheme().is_some() && uri.authority().is_some(),
+    };
+    if !form_ok {
+        return Err(malformed(format!(
+            "request target `{target}` is not valid for {method}"
+        )));
+    }
+    // One copy of the head; every header value is a slice of it.
+    let head = Bytes::copy_from_slice(&bytes[..len]);
+    let base = bytes.as_ptr() as usize;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| malformed(format!("invalid header name `{}`", h.name)))?;
+        let at = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
+            .map_err(|_| malformed(format!("invalid value for `{name}`")))?;
+        headers.append(name, value);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
+        return Err(malformed(if hosts > 1 {
+            "more than one Host"
+        } else {
+            "HTTP/1.1 request without Host"
+        }));
+    }
+    let body = request_framing(&headers)?;
+    let keep_alive = wants_keep_alive(version, &headers);
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(RequestHead {
+        request,
+        body,
+        keep_alive,
+        expect_continue,
+        len: skip + len,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 8192,
+        max_headers: 100,
+    };
+
+    fn ok(raw: &str) -> RequestHead {
+        parse(raw.as_bytes(), &LIMITS)
+            .unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+            .unwrap_or_else(|| panic!("{raw:?}: incomplete"))
+    }
+
+    fn err(raw: &str) -> StatusCode {
+        match parse(raw.as_bytes(), &LIMITS) {
+            Err(e) => e.status(),
+            Ok(r) => panic!("{raw:?} accepted: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_heads() {
+        let h = ok("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\nNEXT");
+        assert_eq!(h.request.uri(), "/a?b=1");
+        assert_eq!(
+            h.len,
+            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n".len()
+        );
+        assert!(h.keep_alive && !h.expect_continue && h.body.is_end());
+        let h = ok(
+            "\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(h.expect_continue);
+        assert_eq!(h.body, Decoder::length(3));
+        let h = ok("GET / HTTP/1.0\r\n\r\n");
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
+        ok("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+        ok("GET http://x/y HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &LIMITS)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn refused_heads() {
+        let bad = StatusCode::BAD_REQUEST;
+        for (raw, want) in [
+            ("GET / HTTP/1.1\r\n\r\n", bad),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", bad),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", bad),
+            ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", bad),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", bad),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n", bad),
+            ("GET  / HTTP/1.1\r\nHost: x\r\n\r\n", bad),
+            ("GET x HTTP/1.1\r\nHost: x\r\n\r\n", bad),
+            ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", bad),
+            ("G@T / HTTP/1.1\r\nHost: x\r\n\r\n", bad),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", bad),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", bad),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n", bad),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", bad),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", StatusCode::NOT_IMPLEMENTED),
+        ] {
+            assert_eq!(err(raw), want, "{raw:?}");
+        }
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        assert_eq!(err(&big), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let partial = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert_eq!(err(&partial), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            err(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+}
