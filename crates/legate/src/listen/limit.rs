@@ -57,6 +57,8 @@ pub struct ConnLimit {
     state: Arc<State>,
     /// `legate_listener_connections_refused_total{reason="max-connections"}`.
     pub refused: Counter,
+    /// The refusal is logged at most once a second for the listener, all workers together.
+    pub log: crate::telemetry::throttle::Throttle,
 }
 
 impl ConnLimit {
@@ -66,6 +68,7 @@ impl ConnLimit {
             open: AtomicUsize::new(0),
             state,
             refused,
+            log: crate::telemetry::throttle::Throttle::default(),
         }
     }
 

@@ -225,7 +225,6 @@ async fn accept_until_stopped(
             return;
         }
     };
-    let over_limit = Throttle::default();
     let accept_failed = Throttle::default();
     loop {
         let accepted = tokio::select! {
@@ -255,7 +254,7 @@ async fn accept_until_stopped(
                 Some(slot) => Some(slot),
                 None => {
                     limit.refused.inc();
-                    if let Some(folded) = over_limit.check() {
+                    if let Some(folded) = limit.log.check() {
                         tracing::warn!(listener = %a.name, max_connections = limit.max, folded,
                             "connection refused: the listener is at its max_connections");
                     }
