@@ -16,6 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENTS: usize = 10_000;
 
+/// The two bursts run one after the other: together they would share this process's
+/// descriptors and the machine's two cores, and each measures what one burst does.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The soft open-files limit raised to the hard one; the test needs room for its own 10,000
 /// sockets.
 fn raise_nofile(need: u64) {
@@ -84,10 +88,11 @@ fn burst(port: u16, n: usize) -> Vec<Result<(u16, String), String>> {
             .map(|_| {
                 let go = all_connected.clone();
                 tokio::spawn(async move {
-                    let mut s = tokio::net::TcpStream::connect(local(port))
-                        .await
-                        .map_err(|e| format!("connect: {e}"))?;
+                    // Everyone reaches the barrier, connected or not: a failed connect must
+                    // fail the test, not hang it.
+                    let connected = tokio::net::TcpStream::connect(local(port)).await;
                     go.wait().await;
+                    let mut s = connected.map_err(|e| format!("connect: {e}"))?;
                     s.write_all(b"GET /burst HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
                         .await
                         .map_err(|e| format!("write: {e}"))?;
@@ -167,23 +172,13 @@ fn metrics_sum(admin: u16, name: &str) -> f64 {
 
 #[test]
 fn ten_thousand_concurrent_requests_through_defaults_all_served() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     raise_nofile(CLIENTS as u64 + 2_000);
     let dir = TempDir::new("burst");
     let (mut nginx, up_port) = nginx(&dir);
     let (port, admin) = (free_port(), free_port());
     // Defaults everywhere: no circuit_breaker section, no limits.
-    let mut lg = legate_spawn(
-        "legate http",
-        &[
-            "http",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("http://127.0.0.1:{up_port}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-    );
+    let mut lg = proc::legate_http(&format!("http://127.0.0.1:{up_port}"), port, admin, &[]);
     wait_ready(&mut lg, admin);
     let statuses = burst(port, CLIENTS);
     let ok = statuses
@@ -222,6 +217,7 @@ fn ten_thousand_concurrent_requests_through_defaults_all_served() {
 /// `max_pending_requests` they fail at once with 503 `overflow`.
 #[test]
 fn low_limits_queue_then_shed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     raise_nofile(2_000);
     let dir = TempDir::new("burst-limits");
     let (up_port, peak) = counting_upstream();

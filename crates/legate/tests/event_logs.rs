@@ -4,26 +4,18 @@
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, http_get, legate_spawn, local, wait_for, wait_ready};
+use proc::{free_port, http_get, local, wait_for, wait_ready};
 use std::time::Duration;
 
 #[test]
 fn a_dead_upstream_is_logged_once_a_second_with_a_count() {
     let dead = local(free_port());
     let (port, admin) = (free_port(), free_port());
-    let mut lg = legate_spawn(
-        "legate http",
-        &[
-            "http",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("http://{dead}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-            "--access-log",
-            "off",
-        ],
+    let mut lg = proc::legate_http(
+        &format!("http://{dead}"),
+        port,
+        admin,
+        &["--access-log", "off"],
     );
     wait_ready(&mut lg, admin);
     let failures = |lg: &proc::Proc| -> Vec<serde_json::Value> {

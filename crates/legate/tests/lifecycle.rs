@@ -43,20 +43,8 @@ fn slow_upstream(delay: Duration) -> (SocketAddr, mpsc::Receiver<()>) {
 }
 
 /// `legate http` on a free port in front of `upstream`, admin on `admin`, plus `extra` flags.
-fn http_legate(name: &str, upstream: &str, admin: u16, extra: &[&str]) -> proc::Proc {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{admin}");
-    let mut args = vec![
-        "http",
-        "--listen",
-        &listen,
-        "--upstream",
-        upstream,
-        "--admin",
-        &admin,
-    ];
-    args.extend_from_slice(extra);
-    legate_spawn(name, &args)
+fn http_legate(_name: &str, upstream: &str, admin: u16, extra: &[&str]) -> proc::Proc {
+    proc::legate_http(upstream, free_port(), admin, extra)
 }
 
 fn status(admin: SocketAddr, path: &str) -> u16 {
@@ -120,18 +108,7 @@ fn wait_startup_ready_and_shutdown() {
 fn quit_drains_a_request_in_flight_then_exits_zero() {
     let (up, arrived) = slow_upstream(Duration::from_millis(800));
     let (port, admin) = (free_port(), free_port());
-    let mut lg = legate_spawn(
-        "legate http",
-        &[
-            "http",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("http://{up}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-    );
+    let mut lg = proc::legate_http(&format!("http://{up}"), port, admin, &[]);
     wait_ready(&mut lg, admin);
     // GET does not quit unless allowed.
     assert_eq!(status(local(admin), "/quitquitquit"), 405);

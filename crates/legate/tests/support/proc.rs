@@ -323,6 +323,24 @@ pub fn legate_spawn(name: &str, args: &[&str]) -> Proc {
     Proc::spawn(name, &mut cmd).expect("spawn the legate binary")
 }
 
+/// `legate http` (quick mode) on 127.0.0.1:`port` in front of `upstream` (a URL), admin on
+/// 127.0.0.1:`admin`, plus `extra` flags; not waited for.
+pub fn legate_http(upstream: &str, port: u16, admin: u16, extra: &[&str]) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{admin}");
+    let mut args = vec![
+        "http",
+        "--listen",
+        &listen,
+        "--upstream",
+        upstream,
+        "--admin",
+        &admin,
+    ];
+    args.extend_from_slice(extra);
+    legate_spawn("legate http", &args)
+}
+
 /// Waits until the legate whose admin listens on 127.0.0.1:`admin` answers `/ready` 200,
 /// failing fast (with its output) if the process died.
 pub fn wait_ready(p: &mut Proc, admin: u16) {
