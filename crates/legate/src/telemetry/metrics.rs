@@ -696,6 +696,15 @@ impl Metrics {
             .clone()
     }
 
+    /// An endpoint DNS no longer returns: its gauges go, so a dashboard or an alert does not
+    /// keep reading the last value of an address that is not there (its counters stay: a
+    /// counter that vanishes is a rate that lies).
+    pub fn forget_endpoint(&self, labels: &EndpointLabels) {
+        self.connections_active.remove(labels);
+        self.ejected.remove(labels);
+        self.healthy.remove(labels);
+    }
+
     pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
         let labels = EndpointLabels {
             upstream: upstream.to_string(),

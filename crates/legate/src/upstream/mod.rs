@@ -360,6 +360,12 @@ impl Upstream {
             }
         }
         next.sort_by_key(|e| (e.target, e.addr));
+        for gone in current
+            .iter()
+            .filter(|e| !next.iter().any(|n| Arc::ptr_eq(n, e)))
+        {
+            self.metrics.forget_endpoint(&gone.label);
+        }
         self.endpoints.store(Arc::new(next));
     }
 
@@ -375,5 +381,38 @@ impl Upstream {
 
     pub fn rr_counter(&self) -> &AtomicUsize {
         &self.rr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_dns_drops_takes_its_gauges_with_it() {
+        let metrics = Arc::new(Metrics::new());
+        let cfg = UpstreamConfig::with_endpoints("api", vec!["api.test:80".into()]);
+        let up = Upstream::build(0, &cfg, metrics.clone()).unwrap();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        up.update_endpoints(vec![(0, vec![a, b])]);
+        for ep in up.endpoints().iter() {
+            metrics.healthy.get_or_create(&ep.label).set(1);
+        }
+        let before = metrics.encode();
+        assert!(before.contains("endpoint=\"10.0.0.1:80\""), "{before}");
+        up.update_endpoints(vec![(0, vec![b])]);
+        let after = metrics.encode();
+        let healthy_a = after
+            .lines()
+            .any(|l| l.starts_with("legate_endpoint_healthy") && l.contains("10.0.0.1:80"));
+        assert!(!healthy_a, "{after}");
+        assert!(after
+            .lines()
+            .any(|l| l.starts_with("legate_endpoint_healthy") && l.contains("10.0.0.2:80")));
+        // Counters stay: a vanishing counter would read as a reset.
+        assert!(after.contains(
+            "legate_upstream_connections_opened_total{upstream=\"api\",endpoint=\"10.0.0.1:80\"}"
+        ));
     }
 }
