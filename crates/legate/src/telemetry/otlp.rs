@@ -309,14 +309,19 @@ impl Exporter {
                 _ = stop.wait_for(|s| *s) => true,
             };
             let mut queued = self.sink.take();
+            if stopping {
+                // At shutdown everything goes in one request: the process waits for one
+                // `timeout`, not one per batch.
+                if !queued.is_empty() {
+                    self.export(queued).await;
+                }
+                return;
+            }
             // In batches of batch_size; what is left goes too (it waited at most a tick).
             while !queued.is_empty() {
                 let rest = queued.split_off(queued.len().min(self.batch_size));
                 self.export(queued).await;
                 queued = rest;
-            }
-            if stopping {
-                return;
             }
         }
     }
