@@ -431,3 +431,34 @@ async fn a_collector_down_or_slow_costs_spans_not_requests() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_flushes_what_is_queued() {
+    let collector = Collector::start(Duration::ZERO).await;
+    let ok = upstream(Proto::H1, |_req: Request<Incoming>| async {
+        Response::new(full("ok"))
+    })
+    .await;
+    // An hour between flushes and room for 512: nothing would go out before the drain.
+    let mut lg = Legate::start(
+        &config(ok.addr, collector.addr, "").replace("flush_interval: 100ms", "flush_interval: 1h"),
+    );
+    let mut c = Client::h1(lg.addr).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/").await.status, 200);
+    }
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        collector.spans().is_empty(),
+        "nothing sent before the drain"
+    );
+    tokio::task::spawn_blocking(move || lg.stop())
+        .await
+        .unwrap();
+    assert_eq!(
+        collector.spans().len(),
+        6,
+        "three requests, two spans each, sent at the drain"
+    );
+}
