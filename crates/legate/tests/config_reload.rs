@@ -600,3 +600,38 @@ fn a_storm_of_sighups_under_load() {
     );
     stop(&mut lg);
 }
+
+#[test]
+fn renaming_a_unix_listener_keeps_its_socket() {
+    use std::os::unix::net::UnixStream;
+    let dir = TempDir::new("reload-unix-rename");
+    let a = upstream("a");
+    let admin = free_port();
+    let sock = dir.path().join("app.sock");
+    let yaml = |name: &str| {
+        format!(
+            "admin: {{ listen: 127.0.0.1:{admin} }}\nfiles: {{ watch_interval: 1h }}\n\
+             listeners:\n  - {{ name: {name}, listen: \"unix:{}\", protocol: tcp, upstream: a }}\n\
+             upstreams:\n  - {{ name: a, endpoints: [\"{}\"] }}\n",
+            sock.display(),
+            a.addr
+        )
+    };
+    let path = dir.write("legate.yaml", yaml("db"));
+    let mut lg = start(&path, admin);
+    let get = || {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(get().starts_with("HTTP/1.1 200"));
+    write_atomic(&path, &yaml("db2"));
+    let (code, body) = post(admin, "/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("renamed to `db2`"), "{body}");
+    assert!(get().starts_with("HTTP/1.1 200"), "the socket still serves");
+    stop(&mut lg);
+    assert!(!sock.exists(), "removed at stop");
+}

@@ -118,10 +118,13 @@ pub fn request_framing(h: &HeaderMap) -> Result<Decoder, FramingError> {
     }
 }
 
-/// How a response's body is delimited (RFC 9112 §6.3), and whether only the end of the
-/// connection ends it (so the connection is not reused).
+/// How a response's body is delimited (RFC 9112 §6.3), and whether the connection must not be
+/// reused after it: only the end of the connection ends the body, or the framing was one a
+/// message splitter could exploit (Transfer-Encoding with Content-Length, or Transfer-Encoding
+/// in HTTP/1.0, §6.1: "the connection MUST be closed").
 pub fn response_framing(
     head_request: bool,
+    version: Version,
     status: StatusCode,
     h: &HeaderMap,
 ) -> Result<(Decoder, bool), FramingError> {
@@ -133,8 +136,9 @@ pub fn response_framing(
         return Ok((Decoder::length(0), false));
     }
     if let Some(codings) = codings(h) {
+        let suspicious = h.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10;
         return Ok(if codings.last().map(String::as_str) == Some("chunked") {
-            (Decoder::chunked(), false)
+            (Decoder::chunked(), suspicious)
         } else {
             (Decoder::until_close(), true)
         });
@@ -178,38 +182,60 @@ mod tests {
     fn response_framing_rules() {
         let mut h = HeaderMap::new();
         assert_eq!(
-            response_framing(true, StatusCode::OK, &h).unwrap().0,
-            Decoder::length(0)
-        );
-        assert_eq!(
-            response_framing(false, StatusCode::NO_CONTENT, &h)
+            response_framing(true, Version::HTTP_11, StatusCode::OK, &h)
                 .unwrap()
                 .0,
             Decoder::length(0)
         );
         assert_eq!(
-            response_framing(false, StatusCode::OK, &h).unwrap(),
+            response_framing(false, Version::HTTP_11, StatusCode::NO_CONTENT, &h)
+                .unwrap()
+                .0,
+            Decoder::length(0)
+        );
+        assert_eq!(
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap(),
             (Decoder::until_close(), true)
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         assert_eq!(
-            response_framing(false, StatusCode::OK, &h).unwrap(),
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap(),
             (Decoder::length(12), false)
         );
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
-        assert!(response_framing(false, StatusCode::OK, &h).is_err());
+        assert!(response_framing(false, Version::HTTP_11, StatusCode::OK, &h).is_err());
+        h.remove(header::CONTENT_LENGTH);
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("gzip, chunked"),
         );
         assert_eq!(
-            response_framing(false, StatusCode::OK, &h).unwrap(),
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap(),
             (Decoder::chunked(), false)
         );
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
         assert_eq!(
-            response_framing(false, StatusCode::OK, &h).unwrap(),
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap(),
             (Decoder::until_close(), true)
+        );
+        // Chunked, but with a Content-Length beside it, or in HTTP/1.0: read, then not reused.
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap(),
+            (Decoder::chunked(), true)
+        );
+        h.remove(header::CONTENT_LENGTH);
+        assert_eq!(
+            response_framing(false, Version::HTTP_10, StatusCode::OK, &h).unwrap(),
+            (Decoder::chunked(), true)
+        );
+        assert_eq!(
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap(),
+            (Decoder::chunked(), false)
         );
     }
 

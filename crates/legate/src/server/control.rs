@@ -456,6 +456,13 @@ impl Reloader {
                 self.metrics.config_reload(true);
                 tracing::info!(trigger = why, %hash, "config unchanged");
             }
+            // The file is what runs: an earlier failure no longer describes it.
+            if self.view.load().last_error.is_some() {
+                let mut view = AdminView::clone(&self.view.load());
+                view.last_error = None;
+                self.view.store(Arc::new(view));
+                self.metrics.config_last_reload_successful.set(1);
+            }
             return ReloadOutcome::Unchanged { hash };
         }
         (src.overrides)(&mut cfg);
@@ -496,14 +503,11 @@ impl Reloader {
                 }
             }
         };
+        let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
         for l in &cfg.listeners {
-            let kept = self
-                .live
-                .iter()
-                .find(|x| *x.name == *l.name && x.listen == l.listen && x.protocol == l.protocol);
-            match kept {
-                Some(x) => {
-                    addrs.insert(l.name.clone(), x.addr);
+            match keeps(&self.live, &l.name, &l.listen, l.protocol, &names) {
+                Some(i) => {
+                    addrs.insert(l.name.clone(), self.live[i].addr);
                 }
                 None => match listen::bind_listener(l, workers) {
                     Ok(b) => {
@@ -540,17 +544,23 @@ impl Reloader {
         // the running config serves meanwhile.
         self.resolve_first(&new_upstreams).await;
 
+        // A drain that began meanwhile wins: nothing new starts.
+        if self.state.is_draining() {
+            drop_fresh(fresh);
+            return Err(vec!["draining: the reload was not applied".into()]);
+        }
         // Commit: from here on nothing fails.
         let mut changes = Vec::new();
         let mut next_live = Vec::with_capacity(gen.listeners.len());
         for b in &gen.listeners {
-            let kept = self
-                .live
-                .iter()
-                .position(|x| x.name == b.name && x.listen == b.listen && x.protocol == b.protocol);
-            match kept {
+            match keeps(&self.live, &b.name, &b.listen, b.protocol, &names) {
                 Some(i) => {
-                    let x = self.live.swap_remove(i);
+                    let mut x = self.live.swap_remove(i);
+                    if x.name != b.name {
+                        tracing::info!(from = %x.name, to = %b.name, "listener renamed; its socket is kept");
+                        changes.push(format!("listener `{}` renamed to `{}`", x.name, b.name));
+                        x.name = b.name.clone();
+                    }
                     x.serving.store(b.serving.clone());
                     if let (Some(p), Some(l)) = (
                         &x.unix_path,
@@ -628,6 +638,31 @@ impl Reloader {
     }
 }
 
+/// The live listener a configured one keeps: the same name, address and protocol; or, for a
+/// rename, the same address and protocol held by a listener the new config no longer names (a
+/// Unix socket path cannot be bound twice, and a TCP port need not be). A port-0 listener is
+/// kept only under its own name: two of them share the spelling, not the port.
+fn keeps(
+    live: &[LiveListener],
+    name: &str,
+    listen: &ListenOn,
+    protocol: ListenerProtocol,
+    names: &[&str],
+) -> Option<usize> {
+    let same = |x: &LiveListener| x.listen == *listen && x.protocol == protocol;
+    live.iter()
+        .position(|x| *x.name == *name && same(x))
+        .or_else(|| {
+            let port_zero = matches!(listen, ListenOn::Tcp(a) if a.0.port() == 0);
+            (!port_zero)
+                .then(|| {
+                    live.iter()
+                        .position(|x| same(x) && !names.contains(&&*x.name))
+                })
+                .flatten()
+        })
+}
+
 /// Settings read only at start: a reload keeps the running value, and says so.
 fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
@@ -658,6 +693,11 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     if !same(&running.otlp, &new.otlp) {
         note("otlp");
         new.otlp = running.otlp.clone();
+    }
+    if running.admin.ready_requires_healthy_upstreams != new.admin.ready_requires_healthy_upstreams
+    {
+        note("admin.ready_requires_healthy_upstreams");
+        new.admin.ready_requires_healthy_upstreams = running.admin.ready_requires_healthy_upstreams;
     }
     if running.shutdown.exit_with_process != new.shutdown.exit_with_process {
         note("shutdown.exit_with_process");

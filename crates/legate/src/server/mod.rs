@@ -329,6 +329,7 @@ fn run_worker(
         }
         // Sockets sent while the drain began close unopened.
         added.close();
+        while added.try_recv().is_ok() {}
         while loops.join_next().await.is_some() {}
         sweeper.abort();
         let tunnels = crate::tcp::drain::drain_all();

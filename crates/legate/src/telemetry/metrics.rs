@@ -556,9 +556,7 @@ impl Metrics {
                 result: if ok { "success" } else { "error" },
             })
             .inc();
-        if !ok {
-            self.config_last_reload_successful.set(0);
-        }
+        self.config_last_reload_successful.set(i64::from(ok));
     }
 
     pub fn encode(&self) -> String {

@@ -221,7 +221,7 @@ impl H1Conn {
         }
         self.buf.advance(len);
         let (framing, close_delimited) =
-            crate::h1::response_framing(head_request, status, &headers)
+            crate::h1::response_framing(head_request, version, status, &headers)
                 .map_err(|e| Error::Protocol(e.to_string()))?;
         let keep_alive = !close_delimited && crate::h1::wants_keep_alive(version, &headers);
         let mut resp = Response::new(());

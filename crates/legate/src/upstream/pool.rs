@@ -201,6 +201,11 @@ impl Pools {
         if let Ok(mut idle) = self.idle.lock() {
             let entry = entry(&mut idle, key);
             entry.idle_timeout = idle_timeout;
+            // An HTTP/2 connection is shared: every request of this worker waiting for a
+            // connection to this endpoint can use it now.
+            for w in entry.waiters.drain(..) {
+                let _ = w.tx.send(Sender::H2(tx.clone()));
+            }
             entry.h2 = Some(tx);
         }
     }
@@ -243,11 +248,26 @@ enum Waited {
     Conn(Sender),
 }
 
+/// A connection handed over or taken from the pool, once it can take a request (hyper's
+/// HTTP/1.1 sender may not have signalled readiness yet); `None` if it closed meanwhile.
+async fn ready(sender: Sender) -> Option<Sender> {
+    match sender {
+        Sender::H1(mut tx) => tx.ready().await.ok().map(|()| Sender::H1(tx)),
+        other => Some(other),
+    }
+}
+
 /// At `max_connections`: waits (bounded by the caller's deadline) until a request of this
 /// worker gives a connection back, or a slot frees anywhere.
 async fn wait_for_connection(pools: &Arc<Pools>, up: &Upstream, key: Key, fast: bool) -> Waited {
     let _waiting = up.limits.wait_for_connection();
     loop {
+        // An HTTP/2 connection opened meanwhile (shared), or one given back to the pool.
+        if let Some(sender) = pools.take(key, up.pool.idle_timeout, fast) {
+            if let Some(ready) = ready(sender).await {
+                return Waited::Conn(ready);
+            }
+        }
         let (tx, mut rx) = oneshot::channel();
         if let Ok(mut idle) = pools.idle.lock() {
             entry(&mut idle, key).waiters.push_back(Waiter { fast, tx });
@@ -262,7 +282,9 @@ async fn wait_for_connection(pools: &Arc<Pools>, up: &Upstream, key: Key, fast: 
         tokio::select! {
             got = &mut rx => {
                 if let Ok(sender) = got {
-                    return Waited::Conn(sender);
+                    if let Some(ready) = ready(sender).await {
+                        return Waited::Conn(ready);
+                    }
                 }
             }
             _ = freed => {
@@ -270,7 +292,9 @@ async fn wait_for_connection(pools: &Arc<Pools>, up: &Upstream, key: Key, fast: 
                 // handed over meanwhile is not lost: it is in `rx`.
                 rx.close();
                 if let Ok(sender) = rx.try_recv() {
-                    return Waited::Conn(sender);
+                    if let Some(ready) = ready(sender).await {
+                        return Waited::Conn(ready);
+                    }
                 }
                 if let Some(p) = up.limits.acquire(Limit::Connections) {
                     return Waited::Slot(p);
