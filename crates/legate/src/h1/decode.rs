@@ -28,6 +28,9 @@ enum State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoder {
     state: State,
+    /// How far the buffer was already searched for the end of a chunk-size line or of the
+    /// trailers: a peer sending a byte at a time must not make each read rescan it all.
+    scanned: usize,
 }
 
 /// What the buffer held.
@@ -45,18 +48,21 @@ impl Decoder {
     pub fn length(n: u64) -> Self {
         Self {
             state: State::Length(n),
+            scanned: 0,
         }
     }
 
     pub fn chunked() -> Self {
         Self {
             state: State::ChunkSize,
+            scanned: 0,
         }
     }
 
     pub fn until_close() -> Self {
         Self {
             state: State::UntilClose,
+            scanned: 0,
         }
     }
 
@@ -109,12 +115,19 @@ impl Decoder {
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
                 State::ChunkSize => {
-                    let Some(i) = find_crlf(buf) else {
+                    // Resume one byte back: the CR of a CRLF may have been the last byte seen.
+                    let from = self.scanned.saturating_sub(1);
+                    let Some(i) = find_crlf(&buf[from..]).map(|i| i + from) else {
                         if buf.len() > MAX_CHUNK_LINE {
                             return Err(FramingError::ChunkLineTooLong(MAX_CHUNK_LINE));
                         }
+                        self.scanned = buf.len();
                         return Ok(Decoded::NeedMore);
                     };
+                    self.scanned = 0;
+                    if i > MAX_CHUNK_LINE {
+                        return Err(FramingError::ChunkLineTooLong(MAX_CHUNK_LINE));
+                    }
                     let size = chunk_size(&buf[..i])?;
                     buf.advance(i + 2);
                     self.state = if size == 0 {
@@ -134,12 +147,24 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    let Some(end) = find_trailers_end(buf) else {
+                    // Resume three bytes back: the end is a four-byte CRLFCRLF.
+                    let from = self.scanned.saturating_sub(3);
+                    let found = if from == 0 {
+                        find_trailers_end(buf)
+                    } else {
+                        buf[from..]
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|i| i + from + 4)
+                    };
+                    let Some(end) = found else {
                         if buf.len() > MAX_TRAILERS {
                             return Err(FramingError::TrailersTooLarge(MAX_TRAILERS));
                         }
+                        self.scanned = buf.len();
                         return Ok(Decoded::NeedMore);
                     };
+                    self.scanned = 0;
                     let block = buf.split_to(end);
                     self.state = State::Done;
                     return Ok(match parse_trailers(&block)? {
