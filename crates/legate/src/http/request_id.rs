@@ -33,6 +33,15 @@ pub fn next() -> u64 {
     })
 }
 
+/// Lower-case hex of `bytes` into `out` (twice as long): the request id, trace and span ids.
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+}
+
 pub fn generate() -> HeaderValue {
     let hi = next();
     let lo = next();
@@ -41,17 +50,12 @@ pub fn generate() -> HeaderValue {
     b[8..].copy_from_slice(&lo.to_be_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
+    // 8-4-4-4-12: the five groups of the UUID, dashes between.
+    let mut out = [b'-'; 36];
     let mut o = 0;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[o] = b'-';
-            o += 1;
-        }
-        out[o] = HEX[(byte >> 4) as usize];
-        out[o + 1] = HEX[(byte & 0xf) as usize];
-        o += 2;
+    for group in [&b[..4], &b[4..6], &b[6..8], &b[8..10], &b[10..]] {
+        hex_into(group, &mut out[o..o + group.len() * 2]);
+        o += group.len() * 2 + 1;
     }
     // An owned buffer: the id is cloned into the access log and every try's request, and
     // clones of an owner-backed `Bytes` share it without the allocation a `Vec`-backed one

@@ -11,7 +11,7 @@
 //! The span model: one server span per request (its parent is the caller's span), one client
 //! span per attempt (its parent is the server span): retries are visible as siblings.
 
-use super::request_id;
+use super::request_id::{self, hex_into};
 use crate::config::{Propagation, TracingConfig};
 use crate::telemetry::otlp::{SpanKind, SpanRecord, SpanSink};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -464,22 +464,11 @@ fn header_value(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[(b >> 4) as usize];
-        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    // Hex digits only: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// What one format found in the headers.
