@@ -44,7 +44,7 @@ async fn unsent_request_on_a_dead_pooled_connection_is_resent_on_a_new_one() {
         .body(ReqBody::Empty)
         .unwrap();
     let (resp, _pool_return, endpoint) =
-        legate::http::proxy::send(&pools, &up, &ep, &mut Some(req), false)
+        legate::http::proxy::send(&pools, &up, &ep, &mut Some(req), None, false)
             .await
             .expect("the request is resent on a fresh connection");
     assert_eq!(resp.status(), 200);
@@ -82,7 +82,7 @@ async fn a_fresh_connection_failing_is_not_retried() {
     let ep = up.endpoints()[0].clone();
     let pools = Arc::new(Pools::default());
     let req = http::Request::get("/").body(ReqBody::Empty).unwrap();
-    let err = legate::http::proxy::send(&pools, &up, &ep, &mut Some(req), false)
+    let err = legate::http::proxy::send(&pools, &up, &ep, &mut Some(req), None, false)
         .await
         .err()
         .expect("refused");

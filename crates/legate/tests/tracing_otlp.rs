@@ -462,3 +462,88 @@ async fn the_drain_flushes_what_is_queued() {
         "three requests, two spans each, sent at the drain"
     );
 }
+
+/// Requests legate's own HTTP/1.1 client does not carry (a streamed body; an HTTP/2
+/// upstream) go through hyper with the trace headers in their header map: the upstream sees
+/// the same headers, once each, as on the fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_headers_reach_hyper_paths_once() {
+    for (proto, upstream_extra, streamed) in [
+        (Proto::H1, "", false),
+        (Proto::H1, "", true),
+        (Proto::H2, "    protocol: http2\n", false),
+    ] {
+        let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+        let s = seen.clone();
+        let up = upstream(proto, move |req: Request<Incoming>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(req.headers().clone());
+                let _ = req.into_body().collect().await;
+                Response::new(full("ok"))
+            }
+        })
+        .await;
+        let yaml = format!(
+            r#"
+runtime: {{ workers: 1 }}
+listeners:
+  - name: app
+    listen: 127.0.0.1:0
+    tracing: {{ propagate: [w3c, b3, b3-single, jaeger], sample_rate: 1.0 }}
+    routes:
+      - name: api
+        upstream: api
+upstreams:
+  - name: api
+    url: http://{}
+{upstream_extra}"#,
+            up.addr
+        );
+        let lg = Legate::start(&yaml);
+        let body = if streamed {
+            let chunks: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> = (0..3)
+                .map(|i| Ok(hyper::body::Frame::data(Bytes::from(format!("{i}")))))
+                .collect();
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+        } else {
+            full(Bytes::new())
+        };
+        let req = Request::post("/x")
+            .header("host", "localhost")
+            .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+            .header("tracestate", "vendor=abc")
+            .body(body)
+            .unwrap();
+        let reply = Client::h1(lg.addr).await.send(req).await;
+        assert_eq!(reply.status, 200, "{proto:?} streamed={streamed}");
+        let seen = seen.lock().unwrap().clone();
+        let h = &seen[0];
+        let what = format!("{proto:?} streamed={streamed}: {h:?}");
+        for name in [
+            "traceparent",
+            "tracestate",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "b3",
+            "uber-trace-id",
+        ] {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{name} once: {what}");
+        }
+        let tp = h["traceparent"].to_str().unwrap();
+        assert!(tp.starts_with(&format!("00-{TRACE}-")), "{what}");
+        let span = &tp[36..52];
+        assert_ne!(span, CALLER_SPAN, "{what}");
+        assert_eq!(h["x-b3-spanid"].to_str().unwrap(), span, "{what}");
+        assert_eq!(h["tracestate"], "vendor=abc", "{what}");
+        assert!(
+            h["b3"]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("{TRACE}-{span}-1-")),
+            "{what}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ use super::body::{self, Buffered, ReqBody};
 use super::proxy::{host_for, send, Forwarded};
 use super::retry::{self, Outcome};
 use super::route::Route;
+use super::trace::Trace;
 use crate::upstream::breaker::Limit;
 use crate::upstream::error::FailureKind;
 use crate::upstream::outcome::{self, Verdict};
@@ -142,7 +143,7 @@ pub async fn forward(
     let mut _retry_permit = None;
     loop {
         obs.attempts += 1;
-        let mut req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
+        let req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
             (Some(req), _) => req,
             (None, Some(head)) => {
                 let r = replay.as_ref().map(|r| (&r.data, &r.trailers));
@@ -157,10 +158,11 @@ pub async fn forward(
             }
         };
         if let Some(t) = obs.trace.as_deref_mut() {
-            t.begin_attempt(req.headers_mut());
+            t.begin_attempt();
         }
+        let trace = obs.trace.as_deref();
         let (result, outcome, endpoint, unused) =
-            attempt(pools, route, req, upgrade, &failed, &deadline).await;
+            attempt(pools, route, req, trace, upgrade, &failed, &deadline).await;
         if let Some(t) = obs.trace.as_deref_mut().filter(|t| t.recording()) {
             let (status, error) = match &result {
                 Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
@@ -243,6 +245,7 @@ async fn attempt(
     pools: &Arc<Pools>,
     route: &Route,
     mut req: Request<ReqBody>,
+    trace: Option<&Trace>,
     upgrade: bool,
     avoid: &[SocketAddr],
     deadline: &Deadline<'_>,
@@ -310,7 +313,8 @@ async fn attempt(
     // it for the next try, even when the per-try timeout drops the try.
     let mut slot = Some(req);
     let result =
-        match tokio::time::timeout_at(until, send(pools, up, &ep, &mut slot, upgrade)).await {
+        match tokio::time::timeout_at(until, send(pools, up, &ep, &mut slot, trace, upgrade)).await
+        {
             Ok(r) => r,
             Err(_) => Err(match per_try {
                 Some(timeout) => UpstreamError::TryTimeout {

@@ -80,10 +80,10 @@ impl Observe {
 
     /// Starts the request's trace (the route traces): reads and rewrites its trace headers.
     pub fn begin_trace<B>(&mut self, req: &mut http::Request<B>) {
-        let Some(policy) = self.route.as_ref().and_then(|r| r.tracing.clone()) else {
+        let Some(policy) = self.route.as_ref().and_then(|r| r.tracing.as_ref()) else {
             return;
         };
-        self.trace = super::trace::begin(&policy, req.headers_mut());
+        self.trace = super::trace::begin(policy, req.headers_mut());
         // A recorded span names the method and path even when the access log is off.
         if self.request.is_none() && self.trace.as_ref().is_some_and(|t| t.recording()) {
             self.request = Some((req.method().clone(), req.uri().clone(), req.version()));

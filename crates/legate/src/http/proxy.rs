@@ -12,6 +12,7 @@ use super::headers::{is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::observe::{ListenerObs, Observe};
 use super::route::{HostPolicy, Route};
+use super::trace::Trace;
 use super::{request_id, upgrade};
 use crate::upstream::connect::Sender;
 use crate::upstream::pool::{self, FastReturn, PoolReturn, Pools};
@@ -241,10 +242,14 @@ pub async fn send(
     up: &crate::upstream::Upstream,
     ep: &Arc<Endpoint>,
     slot: &mut Option<Request<ReqBody>>,
+    trace: Option<&Trace>,
     upgrade: bool,
 ) -> Result<Forwarded, UpstreamError> {
     // An upgraded connection never returns to the pool, so don't take a warm one for it.
     let mut fresh = upgrade;
+    // Once a request handed to hyper comes back unsent, its trace headers are in its map and
+    // must not be appended a second time.
+    let mut in_map = false;
     // legate's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies
     // and upgrades go through hyper's.
     let fast = !upgrade
@@ -267,7 +272,13 @@ pub async fn send(
             Sender::Fast(conn) => {
                 set_target(req, false, tls);
                 let back = FastReturn::new(pools.clone(), up, ep.addr);
-                match conn.request(req, back).await {
+                let trace = trace.filter(|_| !in_map);
+                let extra = |out: &mut Vec<u8>| {
+                    if let Some(t) = trace {
+                        t.write_wire(out);
+                    }
+                };
+                match conn.request(req, &extra, back).await {
                     Ok(resp) => return Ok((resp.map(UpBody::Fast), None, ep.addr)),
                     // A reused connection that failed before anything came back: written or
                     // not, an idempotent request (or one never fully written) may go again.
@@ -285,6 +296,10 @@ pub async fn send(
             }
             Sender::H1(mut tx) => {
                 set_target(req, false, tls);
+                if let Some(t) = trace {
+                    t.write_headers(req.headers_mut());
+                    in_map = true;
+                }
                 let Some(req) = slot.take() else { continue };
                 match tx.try_send_request(req).await {
                     Ok(resp) => {
@@ -302,6 +317,10 @@ pub async fn send(
                     return Err(UpstreamError::UpgradeUnsupported { endpoint: ep.addr });
                 }
                 set_target(req, true, tls);
+                if let Some(t) = trace {
+                    t.write_headers(req.headers_mut());
+                    in_map = true;
+                }
                 let Some(req) = slot.take() else { continue };
                 match tx.try_send_request(req).await {
                     Ok(resp) => return Ok((resp.map(UpBody::Hyper), None, ep.addr)),

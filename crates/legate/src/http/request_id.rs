@@ -1,10 +1,12 @@
 //! `x-request-id`: kept when the client sent one, otherwise a random UUIDv4 is added so the
 //! request can be followed through the access log and the upstream's logs.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::Cell;
 
 pub const HEADER: &str = "x-request-id";
+/// As a `HeaderName`: a lookup by `&str` parses and classifies the name on every request.
+const NAME: HeaderName = HeaderName::from_static(HEADER);
 
 thread_local! {
     static STATE: Cell<u64> = Cell::new(seed());
@@ -24,21 +26,43 @@ fn seed() -> u64 {
 
 /// splitmix64: fast, and good enough for identifiers and jitter (not for secrets).
 pub fn next() -> u64 {
+    let mut one = [0];
+    fill(&mut one);
+    one[0]
+}
+
+/// Several values for one visit to the thread-local state (a trace takes three or four).
+pub fn fill(out: &mut [u64]) {
     STATE.with(|s| {
-        let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s.get();
+        for o in out.iter_mut() {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            *o = x ^ (x >> 31);
+        }
         s.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     })
 }
 
+/// Every byte's two lower-case hex digits: one load per byte instead of two shifts, two
+/// masks and two lookups.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// Lower-case hex of `bytes` into `out` (twice as long): the request id, trace and span ids.
 pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[(b >> 4) as usize];
-        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -66,11 +90,11 @@ pub fn generate() -> HeaderValue {
 
 /// Returns the request's id, adding one when absent.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(HEADER) {
+    if let Some(v) = headers.get(&NAME) {
         return v.clone();
     }
     let v = generate();
-    headers.insert(HEADER, v.clone());
+    headers.insert(NAME, v.clone());
     v
 }
 

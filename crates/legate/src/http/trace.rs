@@ -119,25 +119,45 @@ pub struct Trace {
     policy: Arc<TracePolicy>,
     pub start: Option<SystemTime>,
     pub attempts: Vec<AttemptSpan>,
+    /// `trace_id`, `span_id` (every attempt's parent) and the current attempt's span id in
+    /// hex: the trace headers are written from these (see `write_wire`).
+    trace_hex: [u8; 32],
+    span_hex: [u8; 16],
+    attempt_hex: [u8; 16],
 }
 
-/// Removes every known trace header: one pass over the request's header names (a handful),
-/// and a removal only for those present, rather than nine hash lookups per request.
-fn remove_all(headers: &mut HeaderMap) {
-    let mut present = [false; 9];
-    let mut any = false;
+/// Bit `i` set: the request carries `ALL[i]`.
+type Present = u16;
+
+/// Which known trace headers the request carries: one pass over its header names (a
+/// handful), where looking each format's headers up by name would hash up to nine names.
+fn scan(headers: &HeaderMap) -> Present {
+    let mut present = 0;
     for name in headers.keys() {
-        if let Some(i) = ALL.iter().position(|h| h == name) {
-            present[i] = true;
-            any = true;
-        }
+        let i = match name.as_str() {
+            "traceparent" => 0,
+            "tracestate" => 1,
+            "b3" => 2,
+            "x-b3-traceid" => 3,
+            "x-b3-spanid" => 4,
+            "x-b3-parentspanid" => 5,
+            "x-b3-sampled" => 6,
+            "x-b3-flags" => 7,
+            "uber-trace-id" => 8,
+            _ => continue,
+        };
+        present |= 1 << i;
     }
-    if any {
-        for (i, h) in ALL.iter().enumerate() {
-            if present[i] {
-                headers.remove(h);
-            }
-        }
+    present
+}
+
+/// The headers `format` reads, as bits of `Present`.
+fn read_by(format: Propagation) -> Present {
+    match format {
+        Propagation::W3c => 1 << 0,
+        Propagation::B3 => 1 << 2 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7,
+        Propagation::B3Single => 1 << 2,
+        Propagation::Jaeger => 1 << 8,
     }
 }
 
@@ -151,9 +171,14 @@ fn new_span_id() -> SpanId {
 }
 
 fn new_trace_id() -> TraceId {
+    let mut r = [0u64; 2];
+    request_id::fill(&mut r);
     let mut t = [0u8; 16];
-    t[..8].copy_from_slice(&new_span_id());
-    t[8..].copy_from_slice(&request_id::next().to_be_bytes());
+    t[..8].copy_from_slice(&r[0].to_be_bytes());
+    t[8..].copy_from_slice(&r[1].to_be_bytes());
+    if t == [0; 16] {
+        t[15] = 1;
+    }
     t
 }
 
@@ -161,9 +186,13 @@ fn new_trace_id() -> TraceId {
 /// the request's trace: the carried one continued, a new one, or none (`create: false` and
 /// nothing valid carried).
 pub fn begin(policy: &Arc<TracePolicy>, headers: &mut HeaderMap) -> Option<Box<Trace>> {
+    let present = scan(headers);
     let mut carried = None;
     let mut hint = None;
     for f in &policy.propagate {
+        if present & read_by(*f) == 0 {
+            continue;
+        }
         match extract(*f, headers) {
             Extracted::Trace(c) => {
                 carried = Some((*f, c));
@@ -178,7 +207,11 @@ pub fn begin(policy: &Arc<TracePolicy>, headers: &mut HeaderMap) -> Option<Box<T
         Some((Propagation::W3c, _)) => tracestate(headers),
         _ => None,
     };
-    remove_all(headers);
+    for (i, h) in ALL.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
+    }
     let (trace_id, parent, sampled) = match carried.map(|(_, c)| c) {
         Some(c) => {
             let sampled = c.sampled.or(hint).unwrap_or_else(|| policy.sample());
@@ -192,16 +225,32 @@ pub fn begin(policy: &Arc<TracePolicy>, headers: &mut HeaderMap) -> Option<Box<T
         None => return None,
     };
     let exported = sampled && policy.sink.is_some();
+    let span_id = new_span_id();
+    let mut trace_hex = [0u8; 32];
+    hex_into(&trace_id, &mut trace_hex);
+    let mut span_hex = [0u8; 16];
+    hex_into(&span_id, &mut span_hex);
     Some(Box::new(Trace {
         trace_id,
-        span_id: new_span_id(),
+        span_id,
         parent,
         sampled,
         tracestate,
         policy: policy.clone(),
         start: exported.then(SystemTime::now),
         attempts: Vec::new(),
+        trace_hex,
+        span_hex,
+        attempt_hex: [b'0'; 16],
     }))
+}
+
+/// Copies `src` into `line` at `at`: the header lines are templates whose id fields are
+/// filled in place (constant offsets, no formatting machinery).
+fn put(line: &mut [u8], at: usize, src: &[u8]) {
+    if let Some(dst) = line.get_mut(at..at + src.len()) {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl Trace {
@@ -210,37 +259,10 @@ impl Trace {
         self.start.is_some()
     }
 
-    /// Starts an attempt: a new span id, written into `headers` in every configured format.
-    pub fn begin_attempt(&mut self, headers: &mut HeaderMap) {
+    /// Starts an attempt: a new span id for its headers (see `write_wire`, `write_headers`).
+    pub fn begin_attempt(&mut self) {
         let span = new_span_id();
-        // `begin` removed what the caller sent; each insert replaces a previous attempt's.
-        let mut ids = Ids::new(&self.trace_id, &span, &self.span_id);
-        let sampled = self.sampled;
-        for f in &self.policy.propagate {
-            match f {
-                Propagation::W3c => {
-                    headers.insert(TRACEPARENT, ids.traceparent(sampled));
-                    if let Some(ts) = &self.tracestate {
-                        headers.insert(TRACESTATE, ts.clone());
-                    }
-                }
-                Propagation::B3 => {
-                    headers.insert(B3_TRACE, ids.value(ids.trace()));
-                    headers.insert(B3_SPAN, ids.value(ids.span()));
-                    headers.insert(B3_PARENT, ids.value(ids.parent()));
-                    headers.insert(
-                        B3_SAMPLED,
-                        HeaderValue::from_static(if sampled { "1" } else { "0" }),
-                    );
-                }
-                Propagation::B3Single => {
-                    headers.insert(B3, ids.b3(sampled));
-                }
-                Propagation::Jaeger => {
-                    headers.insert(UBER, ids.uber(sampled));
-                }
-            }
-        }
+        hex_into(&span, &mut self.attempt_hex);
         if self.recording() {
             self.attempts.push(AttemptSpan {
                 span_id: span,
@@ -251,6 +273,83 @@ impl Trace {
                 status: None,
                 error: None,
             });
+        }
+    }
+
+    /// The current attempt's trace headers, in every configured format, as request-head
+    /// lines (`name: value\r\n`) appended to `out`: legate's HTTP/1.1 client writes them
+    /// straight into the head it sends, with no `HeaderValue` allocated, validated, hashed
+    /// into the request's map and dropped again per attempt.
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        const TP: &[u8; 70] =
+            b"traceparent: 00-................................-................-0.\r\n";
+        const B3M: &[u8; 133] = b"x-b3-traceid: ................................\r\n\
+x-b3-spanid: ................\r\nx-b3-parentspanid: ................\r\nx-b3-sampled: .\r\n";
+        const B3S: &[u8; 74] =
+            b"b3: ................................-................-.-................\r\n";
+        const UBER_LINE: &[u8; 86] =
+            b"uber-trace-id: ................................:................:................:0.\r\n";
+        let (t, s, p) = (&self.trace_hex, &self.attempt_hex, &self.span_hex);
+        let flag = if self.sampled { b'1' } else { b'0' };
+        let ts = self.tracestate.as_ref().map(|v| v.as_bytes());
+        out.reserve(self.policy.propagate.len() * UBER_LINE.len() + ts.map_or(0, |v| v.len() + 14));
+        for f in &self.policy.propagate {
+            match f {
+                Propagation::W3c => {
+                    let mut l = *TP;
+                    put(&mut l, 16, t);
+                    put(&mut l, 49, s);
+                    l[67] = flag;
+                    out.extend_from_slice(&l);
+                    if let Some(ts) = ts {
+                        out.extend_from_slice(b"tracestate: ");
+                        out.extend_from_slice(ts);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                Propagation::B3 => {
+                    let mut l = *B3M;
+                    put(&mut l, 14, t);
+                    put(&mut l, 61, s);
+                    put(&mut l, 98, p);
+                    l[130] = flag;
+                    out.extend_from_slice(&l);
+                }
+                Propagation::B3Single => {
+                    let mut l = *B3S;
+                    put(&mut l, 4, t);
+                    put(&mut l, 37, s);
+                    l[54] = flag;
+                    put(&mut l, 56, p);
+                    out.extend_from_slice(&l);
+                }
+                Propagation::Jaeger => {
+                    let mut l = *UBER_LINE;
+                    put(&mut l, 15, t);
+                    put(&mut l, 48, s);
+                    put(&mut l, 65, p);
+                    l[83] = flag;
+                    out.extend_from_slice(&l);
+                }
+            }
+        }
+    }
+
+    /// The current attempt's trace headers written into `headers` (replacing a previous
+    /// attempt's), for requests that go through hyper (HTTP/2, streamed bodies, upgrades):
+    /// parsed back from `write_wire`, so both paths send the same bytes.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let mut lines = Vec::new();
+        self.write_wire(&mut lines);
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line.get(colon + 2..).unwrap_or_default());
+            if let Some(h) = ALL.iter().find(|h| h.as_str().as_bytes() == name) {
+                headers.insert(h.clone(), header_value(value));
+            }
         }
     }
 
@@ -378,85 +477,6 @@ pub struct ServerSpan<'a> {
     pub error: Option<&'static str>,
     pub attempts: u32,
     pub request_id: &'a str,
-}
-
-/// The ids of one attempt as hex, formatted once on the stack: every header value is built
-/// from these slices with one copy (no `format!`, no intermediate `String`s).
-struct Ids {
-    /// trace (32) + span (16) + parent (16) hex digits.
-    hex: [u8; 64],
-    buf: [u8; 80],
-}
-
-impl Ids {
-    fn new(trace: &TraceId, span: &SpanId, parent: &SpanId) -> Self {
-        let mut hex = [0u8; 64];
-        hex_into(trace, &mut hex[..32]);
-        hex_into(span, &mut hex[32..48]);
-        hex_into(parent, &mut hex[48..]);
-        Self { hex, buf: [0; 80] }
-    }
-    fn trace(&self) -> std::ops::Range<usize> {
-        0..32
-    }
-    fn span(&self) -> std::ops::Range<usize> {
-        32..48
-    }
-    fn parent(&self) -> std::ops::Range<usize> {
-        48..64
-    }
-    fn value(&self, r: std::ops::Range<usize>) -> HeaderValue {
-        header_value(&self.hex[r])
-    }
-    /// Joins parts (ranges of the hex digits, or literal bytes) into one header value.
-    fn join(&mut self, parts: &[Part<'_>]) -> HeaderValue {
-        let mut n = 0;
-        for p in parts {
-            let bytes: &[u8] = match p {
-                Part::Hex(r) => &self.hex[r.clone()],
-                Part::Lit(l) => l,
-            };
-            self.buf[n..n + bytes.len()].copy_from_slice(bytes);
-            n += bytes.len();
-        }
-        header_value(&self.buf[..n])
-    }
-    fn traceparent(&mut self, sampled: bool) -> HeaderValue {
-        let flags: &[u8] = if sampled { b"-01" } else { b"-00" };
-        self.join(&[
-            Part::Lit(b"00-"),
-            Part::Hex(self.trace()),
-            Part::Lit(b"-"),
-            Part::Hex(self.span()),
-            Part::Lit(flags),
-        ])
-    }
-    fn b3(&mut self, sampled: bool) -> HeaderValue {
-        let flag: &[u8] = if sampled { b"-1-" } else { b"-0-" };
-        self.join(&[
-            Part::Hex(self.trace()),
-            Part::Lit(b"-"),
-            Part::Hex(self.span()),
-            Part::Lit(flag),
-            Part::Hex(self.parent()),
-        ])
-    }
-    fn uber(&mut self, sampled: bool) -> HeaderValue {
-        let flags: &[u8] = if sampled { b":01" } else { b":00" };
-        self.join(&[
-            Part::Hex(self.trace()),
-            Part::Lit(b":"),
-            Part::Hex(self.span()),
-            Part::Lit(b":"),
-            Part::Hex(self.parent()),
-            Part::Lit(flags),
-        ])
-    }
-}
-
-enum Part<'a> {
-    Hex(std::ops::Range<usize>),
-    Lit(&'a [u8]),
 }
 
 fn header_value(bytes: &[u8]) -> HeaderValue {
@@ -865,6 +885,29 @@ mod tests {
         assert!(tracestate(&h).is_none());
     }
 
+    /// Starts an attempt and returns its headers both ways they are written: the map hyper
+    /// sends, checked to be exactly what the wire lines parse to.
+    fn attempt_headers(t: &mut Trace) -> HeaderMap {
+        t.begin_attempt();
+        let mut map = HeaderMap::new();
+        t.write_headers(&mut map);
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        t.write_wire(&mut head);
+        head.extend_from_slice(b"\r\n");
+        let mut parsed = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut parsed);
+        assert!(req.parse(&head).unwrap().is_complete());
+        let mut from_wire = HeaderMap::new();
+        for h in req.headers.iter() {
+            from_wire.append(
+                HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        assert_eq!(map, from_wire, "wire lines and header map agree");
+        map
+    }
+
     fn policy(propagate: Vec<Propagation>, rate: f64) -> Arc<TracePolicy> {
         Arc::new(TracePolicy::new(
             &TracingConfig {
@@ -905,10 +948,8 @@ mod tests {
                 assert_eq!(t.trace_id, tid(), "{format:?}");
                 assert!(t.sampled, "sampled flag kept ({format:?})");
                 assert_eq!(t.parent.map(|p| hex(&p)), Some(S.to_string()));
-                let mut first = HeaderMap::new();
-                t.begin_attempt(&mut first);
-                let mut second = HeaderMap::new();
-                t.begin_attempt(&mut second);
+                let first = attempt_headers(&mut t);
+                let second = attempt_headers(&mut t);
                 for hm in [&first, &second] {
                     for f in [*format, out] {
                         match extract(f, hm) {
@@ -934,6 +975,31 @@ mod tests {
         }
     }
 
+    /// All four formats at once fit the wire buffer, and a carried tracestate goes along.
+    #[test]
+    fn every_format_with_tracestate() {
+        use Propagation::*;
+        let p = policy(vec![W3c, B3, B3Single, Jaeger], 1.0);
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::try_from(format!("00-{T}-{S}-01")).unwrap(),
+        );
+        h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let mut t = begin(&p, &mut h).unwrap();
+        for _ in 0..3 {
+            let out = attempt_headers(&mut t);
+            assert_eq!(out.len(), 8, "{out:?}");
+            assert_eq!(out.get(&TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
+            for f in [W3c, B3, B3Single, Jaeger] {
+                assert!(
+                    matches!(extract(f, &out), Extracted::Trace(c) if c.trace_id == tid()),
+                    "{f:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_replaced_and_not_forwarded() {
         let p = policy(vec![Propagation::W3c, Propagation::B3], 0.0);
@@ -946,8 +1012,7 @@ mod tests {
         assert!(h.is_empty(), "every trace header removed: {h:?}");
         assert!(t.parent.is_none(), "a new trace");
         assert!(!t.sampled, "sample_rate 0");
-        let mut out = HeaderMap::new();
-        t.begin_attempt(&mut out);
+        let out = attempt_headers(&mut t);
         let tp = out.get(&TRACEPARENT).unwrap().to_str().unwrap().to_string();
         assert!(tp.ends_with("-00"), "{tp}");
         assert!(

@@ -113,6 +113,21 @@ impl SpanSink {
         }
     }
 
+    /// Puts a partial batch back at the head of the queue (it waits for more spans or the
+    /// next tick); the queue may then hold up to `batch_size - 1` spans over its capacity.
+    fn put_back(&self, mut older: Vec<SpanRecord>) {
+        let Ok(mut q) = self.queue.lock() else {
+            return;
+        };
+        older.append(&mut q);
+        *q = older;
+        let full = q.len() >= self.batch_size;
+        drop(q);
+        if full {
+            self.full.notify_one();
+        }
+    }
+
     /// Everything queued.
     fn take(&self) -> Vec<SpanRecord> {
         self.queue
@@ -303,10 +318,10 @@ impl Exporter {
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let stopping = tokio::select! {
-                _ = self.sink.full.notified() => false,
-                _ = tick.tick() => false,
-                _ = stop.wait_for(|s| *s) => true,
+            let (stopping, ticked) = tokio::select! {
+                _ = self.sink.full.notified() => (false, false),
+                _ = tick.tick() => (false, true),
+                _ = stop.wait_for(|s| *s) => (true, false),
             };
             let mut queued = self.sink.take();
             if stopping {
@@ -317,11 +332,15 @@ impl Exporter {
                 }
                 return;
             }
-            // In batches of batch_size; what is left goes too (it waited at most a tick).
-            while !queued.is_empty() {
+            // In batches of batch_size. Woken by a full batch, a partial one left over goes
+            // back to wait for more spans (or the tick); at a tick it goes too.
+            while queued.len() >= self.batch_size || (ticked && !queued.is_empty()) {
                 let rest = queued.split_off(queued.len().min(self.batch_size));
                 self.export(queued).await;
                 queued = rest;
+            }
+            if !queued.is_empty() {
+                self.sink.put_back(queued);
             }
         }
     }

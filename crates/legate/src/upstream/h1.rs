@@ -115,9 +115,10 @@ impl H1Conn {
     pub async fn request(
         mut self,
         req: &Request<crate::http::body::ReqBody>,
+        extra: &(dyn Fn(&mut Vec<u8>) + Sync),
         give_back: FastReturn,
     ) -> Result<Response<H1Body>, Failure> {
-        let head = encode(req);
+        let head = encode(req, extra);
         let written = async {
             self.io.write_all(&head).await?;
             self.io.flush().await
@@ -238,7 +239,12 @@ enum Parsed {
 }
 
 /// The request line, headers and (in-memory) body as one buffer: one write.
-fn encode(req: &Request<crate::http::body::ReqBody>) -> Vec<u8> {
+/// The request head (and an in-memory body); `extra` appends whole `name: value\r\n` lines to
+/// the header block (the trace headers).
+fn encode(
+    req: &Request<crate::http::body::ReqBody>,
+    extra: &(dyn Fn(&mut Vec<u8>) + Sync),
+) -> Vec<u8> {
     let body: &[u8] = match req.body() {
         crate::http::body::ReqBody::Full { data: Some(d), .. } => d,
         _ => &[],
@@ -258,6 +264,7 @@ fn encode(req: &Request<crate::http::body::ReqBody>) -> Vec<u8> {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    extra(&mut out);
     // A body, or a method whose request normally carries one, gets its length.
     let payload_method = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || payload_method {
@@ -376,11 +383,11 @@ mod tests {
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         assert_eq!(
-            encode(&r),
+            encode(&r, &|_| {}),
             b"POST /p?q=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\nhi".to_vec()
         );
         let mut g = Request::new(crate::http::body::ReqBody::Empty);
         *g.uri_mut() = "/".parse().unwrap();
-        assert_eq!(encode(&g), b"GET / HTTP/1.1\r\n\r\n".to_vec());
+        assert_eq!(encode(&g, &|_| {}), b"GET / HTTP/1.1\r\n\r\n".to_vec());
     }
 }

@@ -141,7 +141,7 @@ impl Upstream {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     H1,
     H2,
