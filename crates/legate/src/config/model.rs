@@ -330,6 +330,13 @@ pub struct ListenerLimits {
     /// How long a client may take to send a request head before the connection is closed.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: ConfigDuration,
+    /// How long an HTTP/1.1 keep-alive connection may wait for its next request.
+    #[serde(default = "default_keepalive_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+    /// The longest wait for the next bytes of a request body (HTTP/1.1); past it the request
+    /// fails and the connection closes.
+    #[serde(default = "default_request_body_timeout")]
+    pub request_body_timeout: ConfigDuration,
 }
 
 impl Default for ListenerLimits {
@@ -338,8 +345,17 @@ impl Default for ListenerLimits {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_keepalive_idle_timeout(),
+            request_body_timeout: default_request_body_timeout(),
         }
     }
+}
+
+fn default_keepalive_idle_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(3600)
+}
+fn default_request_body_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
 }
 
 fn default_max_header_bytes() -> ByteSize {

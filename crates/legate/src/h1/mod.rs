@@ -7,6 +7,7 @@
 //! What each side does with a bad message differs (the server answers 400/501, the client
 //! fails the request with 502 `upstream-protocol-error`); the rules are the same.
 
+pub mod bufpool;
 mod decode;
 pub mod request;
 

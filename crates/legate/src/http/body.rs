@@ -11,12 +11,61 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+/// A request body as the client sent it: read by legate's own HTTP/1.1 server, or by hyper's
+/// HTTP/2 server.
+pub enum Inbound {
+    Empty,
+    /// The whole body, read with the head.
+    Full(Bytes),
+    Own(super::serve_h1::ClientBody),
+    Hyper(Incoming),
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Empty => Poll::Ready(None),
+            Inbound::Full(d) => {
+                Poll::Ready((!d.is_empty()).then(|| Ok(Frame::data(std::mem::take(d)))))
+            }
+            Inbound::Own(b) => Pin::new(b).poll_frame(cx),
+            Inbound::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Empty => true,
+            Inbound::Full(d) => d.is_empty(),
+            Inbound::Own(b) => b.is_end_stream(),
+            Inbound::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Full(d) => SizeHint::with_exact(d.len() as u64),
+            Inbound::Own(b) => b.size_hint(),
+            Inbound::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// What legate sends upstream.
 pub enum ReqBody {
     Empty,
     /// The client's body, streamed through; `counted` feeds the access log's `bytes_in`.
     Stream {
-        inner: Incoming,
+        inner: Inbound,
         counted: Arc<AtomicU64>,
     },
     /// A body read whole for replay: the same bytes (and trailers) go out on every try.
@@ -27,7 +76,7 @@ pub enum ReqBody {
     /// A body too large to replay: what was read while trying, then the rest as it streams.
     Prefixed {
         prefix: Option<Bytes>,
-        inner: Incoming,
+        inner: Inbound,
         counted: Arc<AtomicU64>,
     },
 }
@@ -53,13 +102,19 @@ impl ReqBody {
 }
 
 /// Reads `body` whole if it fits in `max` bytes. A declared length over `max` is not read at all.
-pub async fn buffer(body: ReqBody, max: usize) -> Result<Buffered, hyper::Error> {
+pub async fn buffer(body: ReqBody, max: usize) -> Result<Buffered, BoxError> {
     use http_body_util::BodyExt;
     let (mut inner, counted) = match body {
         ReqBody::Empty => {
             return Ok(Buffered::Whole {
                 data: Bytes::new(),
                 trailers: None,
+            })
+        }
+        ReqBody::Full { data, trailers } => {
+            return Ok(Buffered::Whole {
+                data: data.unwrap_or_default(),
+                trailers,
             })
         }
         ReqBody::Stream { inner, counted } => (inner, counted),
@@ -96,12 +151,12 @@ pub async fn buffer(body: ReqBody, max: usize) -> Result<Buffered, hyper::Error>
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Stream { inner, counted }

@@ -12,6 +12,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
 pub mod route;
+pub mod serve_h1;
 pub mod server;
 pub mod trace;
 pub mod upgrade;

@@ -7,11 +7,12 @@
 //!    connection: the keep-alive race, envoy#1979);
 //! 5. response header rules; the body streams back and is accounted for when it ends.
 
-use super::body::{ReqBody, RespBody, UpBody};
+use super::body::{Inbound, ReqBody, RespBody, UpBody};
 use super::headers::{is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::observe::{ListenerObs, Observe};
 use super::route::{HostPolicy, Route};
+use super::serve_h1::ClientUpgrade;
 use super::trace::Trace;
 use super::{request_id, upgrade};
 use crate::upstream::connect::Sender;
@@ -20,7 +21,6 @@ use crate::upstream::{Endpoint, UpstreamError};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -45,7 +45,8 @@ pub async fn handle(
     listener: &ListenerCtx,
     pools: &Arc<Pools>,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
+    client_upgrade: Option<ClientUpgrade>,
 ) -> Response<RespBody> {
     let mut obs = Observe::start(&listener.obs, &req);
 
@@ -108,7 +109,7 @@ pub async fn handle(
 
     let client_version = req.version();
     let wants_upgrade = client_version < Version::HTTP_2 && is_upgrade_request(req.headers());
-    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = client_upgrade.filter(|_| wants_upgrade);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, wants_upgrade);
     route.request_rules.apply(&mut parts.headers);
@@ -117,6 +118,12 @@ pub async fn handle(
     }
     let body = if body.is_end_stream() {
         ReqBody::Empty
+    } else if let Inbound::Full(data) = body {
+        obs.bytes_in = Some(Arc::new(AtomicU64::new(data.len() as u64)));
+        ReqBody::Full {
+            data: Some(data),
+            trailers: None,
+        }
     } else {
         let counted = Arc::new(AtomicU64::new(0));
         obs.bytes_in = Some(counted.clone());

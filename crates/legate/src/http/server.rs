@@ -1,14 +1,17 @@
-//! Serving one client connection: HTTP/1.1 (with upgrades) or h2c with prior knowledge, told
-//! apart by peeking at the first bytes (no wrapper stays in the I/O path), with header limits
-//! and graceful shutdown.
+//! Serving one client connection: HTTP/1.1 (with upgrades, legate's own server) or HTTP/2 (h2c
+//! with prior knowledge, or ALPN h2: hyper's), told apart by peeking at the first bytes or by
+//! ALPN (no wrapper stays in the I/O path), with header limits and graceful shutdown.
 
+use super::body::Inbound;
 use super::proxy::{self, ConnInfo, ListenerCtx};
+use super::serve_h1::{self, ClientIo, ConnCtx, Settings};
 use crate::config::ListenerLimits;
+use crate::h1::request::HeadLimits;
 use crate::listen::{ConnSlot, ConnTracker, ServingHandle, Tracked};
 use crate::tls::server::ServerTls;
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,29 +25,30 @@ use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Per-listener protocol settings, built once.
+/// Per-listener protocol settings, built once: legate's own HTTP/1.1 server's, and hyper's
+/// for HTTP/2.
 pub struct ConnBuilder {
-    h1: http1::Builder,
+    h1: Arc<Settings>,
     h2: http2::Builder<TokioExecutor>,
-    header_read_timeout: Duration,
 }
 
 pub fn builder(limits: &ListenerLimits) -> ConnBuilder {
     let max_head = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
-    let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        // hyper's read buffer cannot be smaller than 8 KiB; the head limit can.
-        .max_buf_size(max_head.max(8192))
-        .max_header_size(max_head)
-        .max_headers(limits.max_headers);
+    let h1 = Settings {
+        limits: HeadLimits {
+            max_header_bytes: max_head,
+            max_headers: limits.max_headers,
+        },
+        header_read_timeout: limits.header_read_timeout.get(),
+        idle_timeout: limits.idle_timeout.get(),
+        body_timeout: limits.request_body_timeout.get(),
+    };
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes.0).unwrap_or(u32::MAX));
     ConnBuilder {
-        h1,
+        h1: Arc::new(h1),
         h2,
-        header_read_timeout: limits.header_read_timeout.get(),
     }
 }
 
@@ -103,7 +107,9 @@ async fn with_graceful<C, E>(
 }
 
 /// `listener` is the snapshot the connection was accepted with (its TLS, its protocol
-/// settings); each request reads the listener's current routes from `current`.
+/// settings); each request reads the listener's current routes from `current`. HTTP/1.x
+/// connections are served by legate's own server (`serve_h1`), HTTP/2 ones (h2c prior
+/// knowledge, ALPN h2) by hyper's: the choice is made once, before the first request.
 #[allow(clippy::too_many_arguments)]
 pub fn serve(
     stream: TcpStream,
@@ -123,39 +129,43 @@ pub fn serve(
         let _slot = slot;
         match listener.tls.clone() {
             None => {
-                let h2 = match tokio::time::timeout(builder.header_read_timeout, sniff_h2(&stream))
-                    .await
-                {
-                    Ok(Ok(h2)) => h2,
-                    _ => return,
-                };
-                let conn = ConnInfo::default();
-                serve_http(
-                    TokioIo::new(stream),
-                    h2,
-                    conn,
-                    &builder,
-                    (listener, current),
+                let h2 =
+                    match tokio::time::timeout(builder.h1.header_read_timeout, sniff_h2(&stream))
+                        .await
+                    {
+                        Ok(Ok(h2)) => h2,
+                        _ => return,
+                    };
+                let ctx = Arc::new(ConnCtx {
+                    accepted_with: listener,
+                    current,
                     pools,
-                    shutdown,
-                )
-                .await;
+                    conn: ConnInfo::default(),
+                });
+                if h2 {
+                    serve_h2(TokioIo::new(stream), &builder, ctx, shutdown).await;
+                } else {
+                    serve_h1::serve(ClientIo::Plain(stream), builder.h1.clone(), ctx, shutdown)
+                        .await;
+                }
             }
             Some(tls) => {
                 let Some((stream, conn)) = handshake(&tls, &listener, stream).await else {
                     return;
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_http(
-                    TokioIo::new(stream),
-                    h2,
-                    conn,
-                    &builder,
-                    (listener, current),
+                let ctx = Arc::new(ConnCtx {
+                    accepted_with: listener,
+                    current,
                     pools,
-                    shutdown,
-                )
-                .await;
+                    conn,
+                });
+                if h2 {
+                    serve_h2(TokioIo::new(stream), &builder, ctx, shutdown).await;
+                } else {
+                    let io = ClientIo::Tls(Box::new(stream));
+                    serve_h1::serve(io, builder.h1.clone(), ctx, shutdown).await;
+                }
             }
         }
     });
@@ -176,34 +186,24 @@ async fn handshake(
     Some((s, ConnInfo { xfcc }))
 }
 
-async fn serve_http<I>(
+async fn serve_h2<I>(
     io: TokioIo<I>,
-    h2: bool,
-    conn: ConnInfo,
     builder: &ConnBuilder,
-    (accepted_with, current): (Arc<ListenerCtx>, ServingHandle),
-    pools: Arc<Pools>,
+    ctx: Arc<ConnCtx>,
     shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let ctx = Arc::new((accepted_with, current, pools, conn));
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         async move {
-            // The listener's routes as of this request; a reload never changes its protocol.
-            let listener = ctx.1.load().http().cloned();
-            let listener = listener.as_ref().unwrap_or(&ctx.0);
-            Ok::<_, Infallible>(proxy::handle(listener, &ctx.2, &ctx.3, req).await)
+            let listener = ctx.listener();
+            let req = req.map(Inbound::Hyper);
+            Ok::<_, Infallible>(proxy::handle(&listener, &ctx.pools, &ctx.conn, req, None).await)
         }
     });
-    if h2 {
-        let conn = builder.h2.serve_connection(io, svc);
-        with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
-    } else {
-        let conn = builder.h1.serve_connection(io, svc).with_upgrades();
-        with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
-    }
+    let conn = builder.h2.serve_connection(io, svc);
+    with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ pub enum UpstreamError {
         targets: String,
     },
     #[error("reading the request body from the client failed: {source}")]
-    RequestBody { source: hyper::Error },
+    RequestBody { source: crate::http::body::BoxError },
     #[error("upstream `{upstream}` is at its {limit} limit (circuit_breaker); failing fast")]
     Overflow {
         upstream: UpstreamName,
@@ -229,6 +229,14 @@ impl UpstreamError {
                 endpoint,
                 reason: crate::tls::failure::reason_of(r),
                 detail: r.to_string(),
+            };
+        }
+        // The request body failed on the client's side (it left, stalled past
+        // request_body_timeout, or sent bad chunked framing): the client's fault, not the
+        // upstream's.
+        if e.is_user() {
+            return UpstreamError::RequestBody {
+                source: Box::new(e),
             };
         }
         if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {

@@ -1,0 +1,102 @@
+//! Per-worker pools of read and write buffers for the client-facing HTTP/1.1 server. A
+//! connection takes a buffer when a request starts arriving and gives it back when the
+//! exchange is done, so an idle keep-alive connection holds none (memcached's "network
+//! readbuf" change, for the same reason: an app's pool of hundreds of idle connections).
+//!
+//! Each worker thread runs its own runtime, so a thread-local pool needs no lock; a buffer
+//! given back on another thread (a request body finished by a task elsewhere) simply joins
+//! that thread's pool.
+
+use bytes::BytesMut;
+use std::cell::RefCell;
+
+/// A read buffer's size: a request head of up to this many bytes is read with one `read`.
+/// Larger heads (up to `max_header_bytes`) grow the buffer for that request only.
+pub const READ_SIZE: usize = 8 * 1024;
+/// Response heads and small body frames are gathered here to go out in one `write`.
+pub const WRITE_SIZE: usize = 8 * 1024;
+/// Buffers kept per worker beyond those in use: enough for a burst of concurrent requests to
+/// reuse them, few enough that a worker's spare buffers stay under 1 MiB.
+const KEEP: usize = 48;
+
+thread_local! {
+    static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty read buffer with at least `READ_SIZE` bytes of room.
+pub fn take_read() -> BytesMut {
+    READ.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
+}
+
+/// Gives a read buffer back. Only an empty one that still owns its whole allocation is kept
+/// (`reserve` reclaims the front of the allocation when no `Bytes` split from it is alive;
+/// otherwise it would allocate, and the buffer is dropped instead).
+pub fn give_read(mut buf: BytesMut) {
+    if !buf.is_empty() {
+        return;
+    }
+    buf.clear();
+    if buf.capacity() < READ_SIZE && !buf.try_reclaim(READ_SIZE) {
+        return;
+    }
+    if buf.capacity() > 2 * READ_SIZE {
+        // Grown for a large head: not worth keeping.
+        return;
+    }
+    READ.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < KEEP {
+            p.push(buf);
+        }
+    });
+}
+
+/// An empty write buffer.
+pub fn take_write() -> Vec<u8> {
+    WRITE
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(WRITE_SIZE))
+}
+
+pub fn give_write(mut buf: Vec<u8>) {
+    if buf.capacity() > 2 * WRITE_SIZE {
+        return;
+    }
+    buf.clear();
+    WRITE.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < KEEP {
+            p.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_reclaimed() {
+        let mut b = take_read();
+        let ptr = b.as_ptr();
+        b.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let head = b.split_to(18).freeze();
+        drop(head);
+        give_read(b);
+        let b = take_read();
+        assert!(b.capacity() >= READ_SIZE);
+        assert_eq!(b.as_ptr(), ptr, "the same allocation, its front reclaimed");
+        give_read(b);
+
+        // A buffer whose front is still shared is not kept.
+        let mut b = take_read();
+        b.extend_from_slice(b"abcd");
+        let held = b.split_to(4).freeze();
+        give_read(b);
+        let fresh = take_read();
+        assert!(fresh.capacity() >= READ_SIZE);
+        drop(held);
+    }
+}

@@ -1,0 +1,293 @@
+//! legate's own HTTP/1.1 server, spoken to with raw sockets: pipelining answered in order,
+//! `Expect: 100-continue`, chunked uploads streamed, HTTP/1.0 and `Connection: close`,
+//! refused heads, a slow body past `request_body_timeout`, and idle connections closed by the
+//! drain while a busy one finishes with `Connection: close`.
+
+mod common;
+
+use common::{config, echo_upstream, Legate, Proto};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until `n` complete responses (by content-length or chunked end) or EOF.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String, String)> {
+    let mut raw = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        while out.len() < n {
+            let Some((resp, used)) = parse_one(&raw) else {
+                break;
+            };
+            out.push(resp);
+            raw.drain(..used);
+        }
+        if out.len() == n {
+            return out;
+        }
+        let mut chunk = [0u8; 4096];
+        let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("legate answers")
+            .unwrap_or(0);
+        if got == 0 {
+            return out;
+        }
+        raw.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// One response from the start of `raw`: (status, head, body) and the bytes it took.
+fn parse_one(raw: &[u8]) -> Option<((u16, String, String), usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head_len = match r.parse(raw).ok()? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return None,
+    };
+    let status = r.code?;
+    let head = String::from_utf8_lossy(&raw[..head_len]).to_string();
+    let get = |name: &str| {
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
+    };
+    if status == 100 || status == 204 || status == 304 {
+        return Some(((status, head, String::new()), head_len));
+    }
+    if let Some(len) = get("content-length") {
+        let len: usize = len.parse().ok()?;
+        let end = head_len + len;
+        if raw.len() < end {
+            return None;
+        }
+        let body = String::from_utf8_lossy(&raw[head_len..end]).to_string();
+        return Some(((status, head, body), end));
+    }
+    if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut at = head_len;
+        let mut body = Vec::new();
+        loop {
+            let line_end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).ok()?, 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                let end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at + 2;
+                return Some((
+                    (status, head, String::from_utf8_lossy(&body).to_string()),
+                    end,
+                ));
+            }
+            if raw.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&raw[at..at + size]);
+            at += size + 2;
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = echo_upstream(Proto::H1).await;
+    let lg = Legate::start(&config(up.addr, "", ""));
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    let mut all = String::new();
+    for i in 0..5 {
+        all.push_str(&format!("GET /p{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    }
+    // Five requests in one write, then a POST with its body.
+    all.push_str("POST /p5 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    s.write_all(all.as_bytes()).await.unwrap();
+    let got = read_responses(&mut s, 6).await;
+    assert_eq!(got.len(), 6);
+    for (i, (status, _, body)) in got.iter().enumerate() {
+        assert_eq!(*status, 200);
+        let j: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(
+            j["uri"].as_str().unwrap().ends_with(&format!("/p{i}")),
+            "{j}"
+        );
+    }
+    let j: serde_json::Value = serde_json::from_str(&got[5].2).unwrap();
+    assert_eq!(j["body"], "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_and_a_chunked_upload() {
+    let up = echo_upstream(Proto::H1).await;
+    let lg = Legate::start(&config(up.addr, "", ""));
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(
+        b"POST /c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 6\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The client waits for 100 Continue before sending its body.
+    let first = read_responses(&mut s, 1).await;
+    assert_eq!(first[0].0, 100, "{first:?}");
+    s.write_all(b"abcdef").await.unwrap();
+    let second = read_responses(&mut s, 1).await;
+    assert_eq!(second[0].0, 200);
+    let j: serde_json::Value = serde_json::from_str(&second[0].2).unwrap();
+    assert_eq!(j["body"], "abcdef");
+
+    // A chunked upload on the same connection, sent in pieces with pauses.
+    s.write_all(b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"2\r\nde\r\n0\r\n\r\n").await.unwrap();
+    let third = read_responses(&mut s, 1).await;
+    assert_eq!(third[0].0, 200);
+    let j: serde_json::Value = serde_json::from_str(&third[0].2).unwrap();
+    assert_eq!(j["body"], "abcde");
+    assert_eq!(j["headers"]["transfer-encoding"][0], "chunked");
+    // And the connection is still good for one more.
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await[0].0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_and_connection_close() {
+    let up = echo_upstream(Proto::H1).await;
+    let lg = Legate::start(&config(up.addr, "", ""));
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    // HTTP/1.0 asking for keep-alive keeps it, and is told so.
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert!(
+        r[0].1
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{}",
+        r[0].1
+    );
+    s.write_all(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await[0].0, 200);
+    // HTTP/1.1 with Connection: close: answered with connection: close, then closed.
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(text.contains("connection: close"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_heads_get_their_status_and_the_connection_closes() {
+    let up = echo_upstream(Proto::H1).await;
+    let lg = Legate::start(&config(up.addr, "", "").replace(
+        "    routes:",
+        "    limits: { max_header_bytes: 1024, max_headers: 8 }\n    routes:",
+    ));
+    for (raw, want) in [
+        ("GET / HTTP/1.1\r\n\r\n".to_string(), 400),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+                "a".repeat(2000)
+            ),
+            431,
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..9).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+            ),
+            431,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_string(),
+            400,
+        ),
+        ("GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_string(), 505),
+    ] {
+        let mut s = TcpStream::connect(lg.addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{raw:?} -> {text}"
+        );
+        assert!(text.contains("legate-error: "), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_at_request_body_timeout() {
+    let up = echo_upstream(Proto::H1).await;
+    let lg = Legate::start(&config(up.addr, "", "").replace(
+        "    routes:",
+        "    limits: { request_body_timeout: 200ms }\n    routes:",
+    ));
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the connection ends");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("request-body-error"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_closes_idle_connections_and_lets_a_busy_one_finish() {
+    let up = common::upstream(Proto::H1, |_req| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hyper::Response::new(common::full("slow"))
+    })
+    .await;
+    let mut lg = Legate::start(&config(up.addr, "", ""));
+    let mut idle = TcpStream::connect(lg.addr).await.unwrap();
+    idle.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut idle, 1).await[0].0, 200);
+    let mut busy = TcpStream::connect(lg.addr).await.unwrap();
+    busy.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopper = std::thread::spawn(move || lg.stop());
+    // The busy one gets its answer, told the connection closes.
+    let r = read_responses(&mut busy, 1).await;
+    assert_eq!(r[0].0, 200);
+    assert!(
+        r[0].1.to_ascii_lowercase().contains("connection: close"),
+        "{}",
+        r[0].1
+    );
+    // The idle one is closed without a word.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    stopper.join().unwrap();
+}
