@@ -10,11 +10,16 @@
 use bytes::BytesMut;
 use std::cell::RefCell;
 
-/// A read buffer's size: a request head of up to this many bytes is read with one `read`.
-/// Larger heads (up to `max_header_bytes`) grow the buffer for that request only.
-pub const READ_SIZE: usize = 8 * 1024;
-/// Response heads and small body frames are gathered here to go out in one `write`.
-pub const WRITE_SIZE: usize = 8 * 1024;
+/// A read buffer's size: a request head of up to this many bytes is read with one `read`
+/// (most apps' heads, a bearer token included, are under 2 KiB). Larger heads (up to
+/// `max_header_bytes`) grow the buffer for that request only. Small on purpose: with a
+/// thousand requests in flight these are a thousand buffers, and the allocator keeps what
+/// the peak took.
+pub const READ_SIZE: usize = 2 * 1024;
+/// Response heads and small body frames are gathered here to go out in one `write`; it grows
+/// up to `WRITE_FLUSH` before it is written.
+pub const WRITE_SIZE: usize = 2 * 1024;
+pub const WRITE_FLUSH: usize = 8 * 1024;
 /// Buffers kept per worker beyond those in use: enough for a burst of concurrent requests to
 /// reuse them, few enough that a worker's spare buffers stay under 1 MiB.
 const KEEP: usize = 48;
@@ -41,7 +46,7 @@ pub fn give_read(mut buf: BytesMut) {
     if buf.capacity() < READ_SIZE && !buf.try_reclaim(READ_SIZE) {
         return;
     }
-    if buf.capacity() > 2 * READ_SIZE {
+    if buf.capacity() > 4 * READ_SIZE {
         // Grown for a large head: not worth keeping.
         return;
     }
@@ -61,7 +66,7 @@ pub fn take_write() -> Vec<u8> {
 }
 
 pub fn give_write(mut buf: Vec<u8>) {
-    if buf.capacity() > 2 * WRITE_SIZE {
+    if buf.capacity() > 2 * WRITE_FLUSH {
         return;
     }
     buf.clear();

@@ -24,7 +24,7 @@
 use super::body::{Inbound, RespBody};
 use super::headers::is_upgrade_request;
 use super::proxy::{self, ConnInfo, ListenerCtx};
-use crate::h1::bufpool::{self, READ_SIZE, WRITE_SIZE};
+use crate::h1::bufpool::{self, READ_SIZE, WRITE_FLUSH};
 use crate::h1::request::{self as request_head, HeadError, HeadLimits, RequestHead};
 use crate::h1::{Decoded, Decoder};
 use crate::listen::ServingHandle;
@@ -170,7 +170,7 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
                 Err(e) => return HeadRead::Refused(e),
             }
         }
-        if buf.capacity() - buf.len() < 1024 {
+        if buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_SIZE);
         }
         match io.read_buf(buf).await {
@@ -192,15 +192,18 @@ pub async fn serve(
 ) {
     let mut carry: Option<BytesMut> = None;
     loop {
-        let mut buf = match carry.take() {
+        let buf = match carry.take() {
             Some(b) => b,
             None => {
+                if *shutdown.borrow() {
+                    return;
+                }
                 let mut first = [0u8; 16];
                 let mut stop = shutdown.clone();
                 let waited = tokio::select! {
                     biased;
                     w = wait_for_request(&mut io, &mut first) => w,
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.changed() => return,
                     _ = tokio::time::sleep(settings.idle_timeout) => return,
                 };
                 let mut buf = bufpool::take_read();
@@ -215,29 +218,13 @@ pub async fn serve(
                 buf
             }
         };
-        let read = tokio::time::timeout(
-            settings.header_read_timeout,
-            read_head(&mut io, &mut buf, &settings.limits),
-        )
-        .await;
-        let head = match read {
-            Ok(HeadRead::Head(head)) => head,
-            Ok(HeadRead::Refused(e)) => {
-                refuse(&mut io, &e).await;
-                return;
-            }
-            Ok(HeadRead::Closed) => {
-                buf.clear();
-                bufpool::give_read(buf);
-                return;
-            }
-            // A head that did not arrive in time (slowloris) or a broken connection: closed
-            // without an answer, as nginx does for client_header_timeout.
-            Ok(HeadRead::Failed) | Err(_) => return,
-        };
-        buf.advance(head.len);
-        let next = Box::pin(exchange(io, buf, head, &ctx, &settings, &shutdown)).await;
-        match next {
+        // Everything a request needs while it is read and answered lives in this one
+        // allocation, not in the connection's task: the idle wait above is the state a
+        // connection spends its life in. Boxed in its own statement: a temporary lives to the
+        // end of its statement, so in `Box::pin(f()).await` the unboxed `f()` would be part of
+        // the task too.
+        let request = Box::pin(serve_one(io, buf, &ctx, &settings, &shutdown));
+        match request.await {
             Next::KeepAlive(kept, buf) => {
                 io = kept;
                 if buf.is_empty() {
@@ -249,6 +236,38 @@ pub async fn serve(
             Next::Close => return,
         }
     }
+}
+
+/// Reads one request head from `buf` and the connection, and answers it.
+async fn serve_one(
+    mut io: ClientIo,
+    mut buf: BytesMut,
+    ctx: &ConnCtx,
+    settings: &Settings,
+    shutdown: &watch::Receiver<bool>,
+) -> Next {
+    let read = tokio::time::timeout(
+        settings.header_read_timeout,
+        read_head(&mut io, &mut buf, &settings.limits),
+    )
+    .await;
+    let head = match read {
+        Ok(HeadRead::Head(head)) => head,
+        Ok(HeadRead::Refused(e)) => {
+            refuse(&mut io, &e).await;
+            return Next::Close;
+        }
+        Ok(HeadRead::Closed) => {
+            buf.clear();
+            bufpool::give_read(buf);
+            return Next::Close;
+        }
+        // A head that did not arrive in time (slowloris) or a broken connection: closed
+        // without an answer, as nginx does for client_header_timeout.
+        Ok(HeadRead::Failed) | Err(_) => return Next::Close,
+    };
+    buf.advance(head.len);
+    exchange(io, buf, head, ctx, settings, shutdown).await
 }
 
 /// Answers a head legate refuses (400, 431, 501, 505) and closes.
@@ -803,7 +822,7 @@ async fn write_body<W: AsyncRead + AsyncWrite + Unpin>(
         if chunked {
             out.extend_from_slice(b"\r\n");
         }
-        if out.len() >= WRITE_SIZE {
+        if out.len() >= WRITE_FLUSH {
             w.write_all(out).await?;
             out.clear();
         }

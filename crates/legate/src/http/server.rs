@@ -124,18 +124,20 @@ pub fn serve(
     let _ = stream.set_nodelay(true);
     let tracked = Tracked::new(tracker);
     let builder = builder.clone();
+    // An HTTP/1.1 connection spends its life waiting for its next request, in a task of its
+    // own that holds only that wait (`serve_h1::serve`): the sniff, the TLS handshake and
+    // hyper's HTTP/2 connection happen in this first task, which ends once it has handed the
+    // connection over (one more spawn per connection, paid once, rather than a task as large
+    // as a TLS handshake for as long as the connection is idle).
     tokio::spawn(async move {
-        let _tracked = tracked;
-        let _slot = slot;
+        let keep = (tracked, slot);
         match listener.tls.clone() {
             None => {
-                let h2 =
-                    match tokio::time::timeout(builder.h1.header_read_timeout, sniff_h2(&stream))
-                        .await
-                    {
-                        Ok(Ok(h2)) => h2,
-                        _ => return,
-                    };
+                let sniff = tokio::time::timeout(builder.h1.header_read_timeout, sniff_h2(&stream));
+                let h2 = match sniff.await {
+                    Ok(Ok(h2)) => h2,
+                    _ => return,
+                };
                 let ctx = Arc::new(ConnCtx {
                     accepted_with: listener,
                     current,
@@ -143,14 +145,20 @@ pub fn serve(
                     conn: ConnInfo::default(),
                 });
                 if h2 {
-                    serve_h2(TokioIo::new(stream), &builder, ctx, shutdown).await;
+                    let _keep = keep;
+                    let h2 = Box::pin(serve_h2(TokioIo::new(stream), &builder, ctx, shutdown));
+                    h2.await;
                 } else {
-                    serve_h1::serve(ClientIo::Plain(stream), builder.h1.clone(), ctx, shutdown)
-                        .await;
+                    let settings = builder.h1.clone();
+                    tokio::spawn(async move {
+                        let _keep = keep;
+                        serve_h1::serve(ClientIo::Plain(stream), settings, ctx, shutdown).await;
+                    });
                 }
             }
             Some(tls) => {
-                let Some((stream, conn)) = handshake(&tls, &listener, stream).await else {
+                let handshaking = Box::pin(handshake(&tls, &listener, stream));
+                let Some((stream, conn)) = handshaking.await else {
                     return;
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -161,10 +169,16 @@ pub fn serve(
                     conn,
                 });
                 if h2 {
-                    serve_h2(TokioIo::new(stream), &builder, ctx, shutdown).await;
+                    let _keep = keep;
+                    let h2 = Box::pin(serve_h2(TokioIo::new(stream), &builder, ctx, shutdown));
+                    h2.await;
                 } else {
+                    let settings = builder.h1.clone();
                     let io = ClientIo::Tls(Box::new(stream));
-                    serve_h1::serve(io, builder.h1.clone(), ctx, shutdown).await;
+                    tokio::spawn(async move {
+                        let _keep = keep;
+                        serve_h1::serve(io, settings, ctx, shutdown).await;
+                    });
                 }
             }
         }
