@@ -374,7 +374,10 @@ pub async fn checkout(
     };
     // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a large future that most requests never
     // run, and an inline one would make every request's future as large (moved per request).
-    let sender = Box::pin(connect::open(up, ep, fast, permit)).await?;
+    // Boxed in its own statement: in `Box::pin(f()).await` the temporary `f()` lives to the end
+    // of the statement and so would be part of every request's state, connected or not.
+    let opening = Box::pin(connect::open(up, ep, fast, permit));
+    let sender = opening.await?;
     if let Sender::H2(tx) = &sender {
         pools.put_h2(key, up.pool.idle_timeout, tx.clone());
     }
