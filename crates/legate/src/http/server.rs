@@ -131,6 +131,14 @@ pub fn serve(
     // as a TLS handshake for as long as the connection is idle).
     tokio::spawn(async move {
         let keep = (tracked, slot);
+        let ctx = |conn| {
+            Arc::new(ConnCtx {
+                accepted_with: listener.clone(),
+                current,
+                pools,
+                conn,
+            })
+        };
         match listener.tls.clone() {
             None => {
                 let sniff = tokio::time::timeout(builder.h1.header_read_timeout, sniff_h2(&stream));
@@ -138,23 +146,8 @@ pub fn serve(
                     Ok(Ok(h2)) => h2,
                     _ => return,
                 };
-                let ctx = Arc::new(ConnCtx {
-                    accepted_with: listener,
-                    current,
-                    pools,
-                    conn: ConnInfo::default(),
-                });
-                if h2 {
-                    let _keep = keep;
-                    let h2 = Box::pin(serve_h2(TokioIo::new(stream), &builder, ctx, shutdown));
-                    h2.await;
-                } else {
-                    let settings = builder.h1.clone();
-                    tokio::spawn(async move {
-                        let _keep = keep;
-                        serve_h1::serve(ClientIo::Plain(stream), settings, ctx, shutdown).await;
-                    });
-                }
+                let ctx = ctx(ConnInfo::default());
+                hand_over(stream, h2, ClientIo::Plain, &builder, ctx, shutdown, keep).await;
             }
             Some(tls) => {
                 let handshaking = Box::pin(handshake(&tls, &listener, stream));
@@ -162,27 +155,40 @@ pub fn serve(
                     return;
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let ctx = Arc::new(ConnCtx {
-                    accepted_with: listener,
-                    current,
-                    pools,
-                    conn,
-                });
-                if h2 {
-                    let _keep = keep;
-                    let h2 = Box::pin(serve_h2(TokioIo::new(stream), &builder, ctx, shutdown));
-                    h2.await;
-                } else {
-                    let settings = builder.h1.clone();
-                    let io = ClientIo::Tls(Box::new(stream));
-                    tokio::spawn(async move {
-                        let _keep = keep;
-                        serve_h1::serve(io, settings, ctx, shutdown).await;
-                    });
-                }
+                let ctx = ctx(conn);
+                let h1 = |s| ClientIo::Tls(Box::new(s));
+                hand_over(stream, h2, h1, &builder, ctx, shutdown, keep).await;
             }
         }
     });
+}
+
+/// HTTP/2 is served here by hyper; HTTP/1.x moves to a task of its own (see `serve`).
+/// `keep` (the connection's accounting) lives as long as the connection.
+async fn hand_over<I, K>(
+    stream: I,
+    h2: bool,
+    h1_io: impl FnOnce(I) -> ClientIo,
+    builder: &ConnBuilder,
+    ctx: Arc<ConnCtx>,
+    shutdown: watch::Receiver<bool>,
+    keep: K,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    K: Send + 'static,
+{
+    if h2 {
+        let _keep = keep;
+        let h2 = Box::pin(serve_h2(TokioIo::new(stream), builder, ctx, shutdown));
+        h2.await;
+    } else {
+        let settings = builder.h1.clone();
+        let io = h1_io(stream);
+        tokio::spawn(async move {
+            let _keep = keep;
+            serve_h1::serve(io, settings, ctx, shutdown).await;
+        });
+    }
 }
 
 /// The TLS handshake of an inbound connection, plus the client certificate for XFCC.
