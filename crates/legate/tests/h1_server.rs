@@ -291,3 +291,26 @@ async fn the_drain_closes_idle_connections_and_lets_a_busy_one_finish() {
     assert_eq!(n, 0);
     stopper.join().unwrap();
 }
+
+/// A CRLF after a body (some clients send one) leaves the connection idle, not mid-head: it
+/// is not closed by `header_read_timeout` while it waits for its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crlf_after_a_body_is_not_a_request_being_read() {
+    let up = echo_upstream(Proto::H1).await;
+    let lg = Legate::start(&config(up.addr, "", "").replace(
+        "    routes:",
+        "    limits: { header_read_timeout: 300ms }\n    routes:",
+    ));
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await[0].0, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!(r.len(), 1, "the idle connection was kept");
+    assert_eq!(r[0].0, 200);
+}

@@ -108,7 +108,8 @@ pub async fn handle(
     }
 
     let client_version = req.version();
-    let wants_upgrade = client_version < Version::HTTP_2 && is_upgrade_request(req.headers());
+    // HTTP/1.1 only, as the server that would carry the switch decides (HTTP/1.0 has no 101).
+    let wants_upgrade = client_version == Version::HTTP_11 && is_upgrade_request(req.headers());
     let client_upgrade = client_upgrade.filter(|_| wants_upgrade);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, wants_upgrade);

@@ -181,6 +181,56 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
     }
 }
 
+/// Waits, holding no buffer, until the next request's first bytes are in one: `None` when
+/// the connection should end instead (closed, drain, `idle_timeout`).
+async fn idle(
+    io: &mut ClientIo,
+    settings: &Settings,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<BytesMut> {
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        let mut first = [0u8; 16];
+        let mut stop = shutdown.clone();
+        let waited = tokio::select! {
+            biased;
+            w = wait_for_request(io, &mut first) => w,
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(settings.idle_timeout) => return None,
+        };
+        let mut buf = bufpool::take_read();
+        match (waited, &*io) {
+            (Ok(Waited::Read(n)), _) => buf.extend_from_slice(&first[..n]),
+            // Readiness can outlive the bytes that caused it (a read that filled its buffer
+            // exactly leaves it set): read now, and wait again if there was nothing after all,
+            // rather than start the head timer on an idle connection.
+            (Ok(Waited::Readable), ClientIo::Plain(s)) => match s.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    bufpool::give_read(buf);
+                    return None;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    bufpool::give_read(buf);
+                    continue;
+                }
+                Err(_) => {
+                    bufpool::give_read(buf);
+                    return None;
+                }
+            },
+            (Ok(Waited::Readable), ClientIo::Tls(_)) => {}
+            (Ok(Waited::Closed) | Err(_), _) => {
+                bufpool::give_read(buf);
+                return None;
+            }
+        }
+        return Some(buf);
+    }
+}
+
 /// Serves HTTP/1.1 requests on `io` until the client closes, a request asks to close, an
 /// error ends the connection, or shutdown begins (an idle connection closes at once; one
 /// mid-exchange answers with `Connection: close`).
@@ -194,29 +244,10 @@ pub async fn serve(
     loop {
         let buf = match carry.take() {
             Some(b) => b,
-            None => {
-                if *shutdown.borrow() {
-                    return;
-                }
-                let mut first = [0u8; 16];
-                let mut stop = shutdown.clone();
-                let waited = tokio::select! {
-                    biased;
-                    w = wait_for_request(&mut io, &mut first) => w,
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(settings.idle_timeout) => return,
-                };
-                let mut buf = bufpool::take_read();
-                match waited {
-                    Ok(Waited::Readable) => {}
-                    Ok(Waited::Read(n)) => buf.extend_from_slice(&first[..n]),
-                    Ok(Waited::Closed) | Err(_) => {
-                        bufpool::give_read(buf);
-                        return;
-                    }
-                }
-                buf
-            }
+            None => match idle(&mut io, &settings, &shutdown).await {
+                Some(buf) => buf,
+                None => return,
+            },
         };
         // Everything a request needs while it is read and answered lives in this one
         // allocation, not in the connection's task: the idle wait above is the state a
@@ -225,8 +256,13 @@ pub async fn serve(
         // the task too.
         let request = Box::pin(serve_one(io, buf, &ctx, &settings, &shutdown));
         match request.await {
-            Next::KeepAlive(kept, buf) => {
+            Next::KeepAlive(kept, mut buf) => {
                 io = kept;
+                // A CRLF some clients send after a body is not the start of a request
+                // (RFC 9112 §2.2): the connection is idle, not mid-head.
+                if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                    buf.clear();
+                }
                 if buf.is_empty() {
                     bufpool::give_read(buf);
                 } else {
@@ -623,6 +659,16 @@ async fn exchange(
         }
     }
     let mut out = bufpool::take_write();
+    if let Held::Streaming(s) = &held {
+        // A `100 Continue` not yet (fully) written must not land inside the final response:
+        // what is left of it goes first, and the body reader writes no more of it.
+        let mut st = lock(s);
+        let left = st.continue_left;
+        if left > 0 && left < CONTINUE.len() {
+            out.extend_from_slice(&CONTINUE[CONTINUE.len() - left..]);
+        }
+        st.continue_left = 0;
+    }
     encode_head(&mut out, version, &parts, framing, keep, switching);
     let limit = settings.limits.max_header_bytes;
     let written = match &mut held {
