@@ -61,6 +61,9 @@ fn malformed(why: impl Into<String>) -> HeadError {
     HeadError::Malformed(why.into())
 }
 
+/// Header slots kept on the stack while parsing (4 KiB).
+const STACK_HEADERS: usize = 128;
+
 /// A request head from the start of `buf`: `Ok(None)` while incomplete (read more, unless the
 /// buffer already holds `max_header_bytes`).
 pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, HeadError> {
@@ -70,8 +73,17 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(buf.len());
     let bytes = &buf[skip..];
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers.max(1)];
-    let mut req = httparse::Request::new(&mut slots);
+    // The header slots on the stack for the usual limits (the default is 100): a heap
+    // allocation per parse only for a listener that allows more.
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap;
+    let slots: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers.max(1)]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(slots);
     let len = match req.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
@@ -196,6 +208,27 @@ mod tests {
         assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &LIMITS)
             .unwrap()
             .is_none());
+    }
+
+    /// A listener allowing more headers than the stack slots parses on the heap.
+    #[test]
+    fn more_headers_than_the_stack_slots() {
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        let wide = HeadLimits {
+            max_header_bytes: 8192,
+            max_headers: 200,
+        };
+        let h = parse(raw.as_bytes(), &wide).unwrap().unwrap();
+        assert_eq!(h.request.headers().len(), 151);
+        let narrow = HeadLimits {
+            max_header_bytes: 8192,
+            max_headers: 140,
+        };
+        assert_eq!(
+            parse(raw.as_bytes(), &narrow).unwrap_err().status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
     }
 
     #[test]
