@@ -90,6 +90,28 @@ fn parse_one(raw: &[u8]) -> Option<((u16, String, String), usize)> {
     None
 }
 
+/// legate in front of an echo upstream, with `limits` (a YAML flow map body) on its listener.
+async fn with_limits(limits: &str) -> (common::Upstream, Legate) {
+    let up = echo_upstream(Proto::H1).await;
+    let yaml = config(up.addr, "", "").replace(
+        "    routes:",
+        &format!("    limits: {{ {limits} }}\n    routes:"),
+    );
+    let lg = Legate::start(&yaml);
+    (up, lg)
+}
+
+/// Sends `raw` on a new connection and reads until legate closes it (at most 10 s).
+async fn send_until_closed(lg: &Legate, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("legate closes the connection");
+    String::from_utf8_lossy(&got).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let up = echo_upstream(Proto::H1).await;
@@ -158,11 +180,7 @@ async fn http_1_0_and_connection_close() {
     let up = echo_upstream(Proto::H1).await;
     let lg = Legate::start(&config(up.addr, "", ""));
     // HTTP/1.0 without keep-alive: answered, then closed.
-    let mut s = TcpStream::connect(lg.addr).await.unwrap();
-    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
+    let text = send_until_closed(&lg, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
     // HTTP/1.0 asking for keep-alive keeps it, and is told so.
     let mut s = TcpStream::connect(lg.addr).await.unwrap();
@@ -182,23 +200,18 @@ async fn http_1_0_and_connection_close() {
         .unwrap();
     assert_eq!(read_responses(&mut s, 1).await[0].0, 200);
     // HTTP/1.1 with Connection: close: answered with connection: close, then closed.
-    let mut s = TcpStream::connect(lg.addr).await.unwrap();
-    s.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let text = send_until_closed(
+        &lg,
+        b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
     assert!(text.contains("connection: close"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_heads_get_their_status_and_the_connection_closes() {
-    let up = echo_upstream(Proto::H1).await;
-    let lg = Legate::start(&config(up.addr, "", "").replace(
-        "    routes:",
-        "    limits: { max_header_bytes: 1024, max_headers: 8 }\n    routes:",
-    ));
+    let (_up, lg) = with_limits("max_header_bytes: 1024, max_headers: 8").await;
     for (raw, want) in [
         ("GET / HTTP/1.1\r\n\r\n".to_string(), 400),
         (
@@ -222,11 +235,7 @@ async fn refused_heads_get_their_status_and_the_connection_closes() {
         ),
         ("GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_string(), 505),
     ] {
-        let mut s = TcpStream::connect(lg.addr).await.unwrap();
-        s.write_all(raw.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got).await;
-        let text = String::from_utf8_lossy(&got);
+        let text = send_until_closed(&lg, raw.as_bytes()).await;
         assert!(
             text.starts_with(&format!("HTTP/1.1 {want} ")),
             "{raw:?} -> {text}"
@@ -237,20 +246,12 @@ async fn refused_heads_get_their_status_and_the_connection_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_cut_at_request_body_timeout() {
-    let up = echo_upstream(Proto::H1).await;
-    let lg = Legate::start(&config(up.addr, "", "").replace(
-        "    routes:",
-        "    limits: { request_body_timeout: 200ms }\n    routes:",
-    ));
-    let mut s = TcpStream::connect(lg.addr).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-        .await
-        .expect("the connection ends");
-    let text = String::from_utf8_lossy(&got);
+    let (_up, lg) = with_limits("request_body_timeout: 200ms").await;
+    let text = send_until_closed(
+        &lg,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("request-body-error"), "{text}");
 }
@@ -296,11 +297,7 @@ async fn the_drain_closes_idle_connections_and_lets_a_busy_one_finish() {
 /// is not closed by `header_read_timeout` while it waits for its next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crlf_after_a_body_is_not_a_request_being_read() {
-    let up = echo_upstream(Proto::H1).await;
-    let lg = Legate::start(&config(up.addr, "", "").replace(
-        "    routes:",
-        "    limits: { header_read_timeout: 300ms }\n    routes:",
-    ));
+    let (_up, lg) = with_limits("header_read_timeout: 300ms").await;
     let mut s = TcpStream::connect(lg.addr).await.unwrap();
     s.write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab\r\n")
         .await
