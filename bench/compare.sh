@@ -391,8 +391,13 @@ measure() {
 # measure_hold NAME URL PID: RSS of PID's tree while loadgen holds idle
 # keep-alive connections to URL.
 measure_hold() {
-    local name=$1 url=$2 pid=$3 tree hpid held deadline summary closed
+    local name=$1 url=$2 pid=$3 tree hpid held deadline summary closed base_kib
     local hout=$work/hold.$name.out herr=$work/hold.$name.err
+    # The baseline is taken now, after the load phases: what they grew (pools, buffers, code
+    # paths paged in, the allocator's high-water) is not the idle connections' cost.
+    tree=$(tree_pids "$pid")
+    # shellcheck disable=SC2086
+    base_kib=$(rss_kib $tree)
     log "$name: loadgen hold --connections $HOLD_CONNECTIONS --duration $HOLD_DURATION"
     launch "$LOAD_CPU" "$hout" "$herr" "$LOADGEN_BIN" hold --url "$url" \
         --connections "$HOLD_CONNECTIONS" --duration "$HOLD_DURATION"
@@ -414,8 +419,8 @@ measure_hold() {
         hold_kib=$(rss_kib $tree)
         hold_mib[$name]=$(kib_to_mib "$hold_kib")
         # What one idle keep-alive connection (one request served) costs: the RSS it added.
-        if [[ -n ${idle_kib[$name]:-} ]] && ((held > 0)); then
-            per_conn[$name]=$(((hold_kib - idle_kib[$name]) * 1024 / held))
+        if ((held > 0)); then
+            per_conn[$name]=$(((hold_kib - base_kib) * 1024 / held))
         fi
         log "$name: holding $held connections, RSS ${hold_mib[$name]} MiB (${per_conn[$name]:-?} B each)"
         if ((held < HOLD_CONNECTIONS)); then

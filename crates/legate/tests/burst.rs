@@ -132,10 +132,12 @@ fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
             let Ok(s) = s else { return };
             let (now, peak) = (now.clone(), p.clone());
             std::thread::spawn(move || {
-                let open = now.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(open, Ordering::SeqCst);
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 let mut w = s;
+                // Counted from its first request: a connection that never carries one (a
+                // readiness probe, say) is closed at once by its opener, but this thread may
+                // start, and see that close, only after later connections began.
+                let mut counted = false;
                 'conn: loop {
                     let mut line = String::new();
                     loop {
@@ -143,6 +145,11 @@ fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                         match r.read_line(&mut line) {
                             Ok(0) | Err(_) => break 'conn,
                             Ok(_) if line == "\r\n" => break,
+                            Ok(_) if !counted => {
+                                counted = true;
+                                let open = now.fetch_add(1, Ordering::SeqCst) + 1;
+                                peak.fetch_max(open, Ordering::SeqCst);
+                            }
                             Ok(_) => {}
                         }
                     }
@@ -152,7 +159,9 @@ fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                         break;
                     }
                 }
-                now.fetch_sub(1, Ordering::SeqCst);
+                if counted {
+                    now.fetch_sub(1, Ordering::SeqCst);
+                }
             });
         }
     });

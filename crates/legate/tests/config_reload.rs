@@ -635,3 +635,67 @@ fn renaming_a_unix_listener_keeps_its_socket() {
     stop(&mut lg);
     assert!(!sock.exists(), "removed at stop");
 }
+
+/// A reload that removes an HTTP listener tells its connections to finish: an idle keep-alive
+/// connection on it is closed (the app's pool reconnects to whatever now listens), while an
+/// idle connection on a kept listener stays open and serves its next request.
+#[test]
+fn a_removed_listener_closes_its_idle_connections() {
+    let dir = TempDir::new("reload-remove-idle");
+    let a = upstream("a");
+    let cfg = Cfg::new(a.addr);
+    let extra_port = free_port();
+    let path = dir.write(
+        "legate.yaml",
+        cfg.yaml(1, &extra_listener(extra_port), "1s"),
+    );
+    let mut lg = start(&path, cfg.admin);
+    let get = |s: &mut TcpStream, path: &str| -> String {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        // Each answer ends with the upstream's body, "a\n".
+        while !got.ends_with(b"\r\n\r\na\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "closed mid-answer: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // Two idle connections on each listener (two workers: they may land on either).
+    let mut on_extra: Vec<TcpStream> = Vec::new();
+    let mut on_app: Vec<TcpStream> = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(local(extra_port)).unwrap();
+        assert!(get(&mut s, "/x").starts_with("HTTP/1.1 200"));
+        on_extra.push(s);
+        let mut s = TcpStream::connect(local(cfg.port)).unwrap();
+        assert!(get(&mut s, "/a").starts_with("HTTP/1.1 200"));
+        on_app.push(s);
+    }
+    write_atomic(&path, &cfg.yaml(2, "", "1s"));
+    let (code, body) = post(cfg.admin, "/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("listener `extra` removed"), "{body}");
+    for s in &mut on_extra {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            s.read(&mut buf).unwrap(),
+            0,
+            "an idle connection on the removed listener is closed without a word"
+        );
+    }
+    for s in &mut on_app {
+        assert!(
+            get(s, "/a").starts_with("HTTP/1.1 200"),
+            "a kept listener keeps its idle connections"
+        );
+    }
+    stop(&mut lg);
+}

@@ -28,6 +28,7 @@ use crate::h1::bufpool::{self, READ_SIZE, WRITE_FLUSH};
 use crate::h1::request::{self as request_head, HeadError, HeadLimits, RequestHead};
 use crate::h1::{Decoded, Decoder};
 use crate::listen::ServingHandle;
+use crate::server::drain;
 use crate::upstream::pool::Pools;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method, StatusCode, Version};
@@ -40,7 +41,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// A listener's HTTP/1.1 server settings (`listeners[].limits`).
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct ConnCtx {
     pub current: ServingHandle,
     pub pools: Arc<Pools>,
     pub conn: ConnInfo,
+    /// Drained when the listener stops accepting (shutdown, or a reload that removes it).
+    pub drain: drain::ListId,
 }
 
 impl ConnCtx {
@@ -138,17 +141,23 @@ enum Waited {
     Closed,
 }
 
-/// Waits for the next request without holding a buffer.
-async fn wait_for_request(io: &mut ClientIo, first: &mut [u8; 16]) -> io::Result<Waited> {
+/// Polls for the next request without holding a buffer: readiness for a plain socket (the
+/// waker lives in the socket's registration, no waiter state here), the first bytes for TLS.
+fn poll_next_request(
+    io: &mut ClientIo,
+    first: &mut [u8; 16],
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Waited>> {
     match io {
-        ClientIo::Plain(s) => {
-            s.readable().await?;
-            Ok(Waited::Readable)
+        ClientIo::Plain(s) => s.poll_read_ready(cx).map_ok(|()| Waited::Readable),
+        ClientIo::Tls(s) => {
+            let mut read = ReadBuf::new(first);
+            std::task::ready!(Pin::new(s.as_mut()).poll_read(cx, &mut read))?;
+            Poll::Ready(Ok(match read.filled().len() {
+                0 => Waited::Closed,
+                n => Waited::Read(n),
+            }))
         }
-        ClientIo::Tls(s) => match s.read(first).await? {
-            0 => Ok(Waited::Closed),
-            n => Ok(Waited::Read(n)),
-        },
     }
 }
 
@@ -183,23 +192,26 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
 
 /// Waits, holding no buffer, until the next request's first bytes are in one: `None` when
 /// the connection should end instead (closed, drain, `idle_timeout`).
-async fn idle(
-    io: &mut ClientIo,
-    settings: &Settings,
-    shutdown: &watch::Receiver<bool>,
-) -> Option<BytesMut> {
+///
+/// This is the state a keep-alive connection spends its life in, so it is kept small: the
+/// drain is learnt from the worker's drain list (`server::drain`), not from a watch
+/// receiver's waiter, and only the idle timer is a future of its own.
+async fn idle(io: &mut ClientIo, settings: &Settings, list: drain::ListId) -> Option<BytesMut> {
+    let timer = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(timer);
+    let mut listed = drain::Listed::new(list);
     loop {
-        if *shutdown.borrow() {
-            return None;
-        }
         let mut first = [0u8; 16];
-        let mut stop = shutdown.clone();
-        let waited = tokio::select! {
-            biased;
-            w = wait_for_request(io, &mut first) => w,
-            _ = stop.changed() => return None,
-            _ = tokio::time::sleep(settings.idle_timeout) => return None,
-        };
+        let waited = poll_fn(|cx| {
+            if listed.poll_draining(cx) {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(w) = poll_next_request(io, &mut first, cx) {
+                return Poll::Ready(Some(w));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await?;
         let mut buf = bufpool::take_read();
         match (waited, &*io) {
             (Ok(Waited::Read(n)), _) => buf.extend_from_slice(&first[..n]),
@@ -234,42 +246,79 @@ async fn idle(
 /// Serves HTTP/1.1 requests on `io` until the client closes, a request asks to close, an
 /// error ends the connection, or shutdown begins (an idle connection closes at once; one
 /// mid-exchange answers with `Connection: close`).
-pub async fn serve(
-    mut io: ClientIo,
+///
+/// `keep` (the connection's accounting) is held until the connection ends. Not an `async fn`:
+/// an async fn moves its arguments into locals, and the generator keeps both copies
+/// (rust-lang/rust#62958); the block below works on its captures in place.
+pub fn serve<K: Send>(
+    io: ClientIo,
     settings: Arc<Settings>,
-    ctx: Arc<ConnCtx>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut carry: Option<BytesMut> = None;
+    ctx: ConnCtx,
+    keep: K,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut io = Some(io);
+    async move {
+        let _ = &keep;
+        serve_conn(&mut io, &settings, &ctx).await;
+    }
+}
+
+/// The connection loop behind `serve`, on state its caller owns (a plain connection's task
+/// runs it after the HTTP/2 sniff, in the same task). `io` is `None` once the connection
+/// ended; while a request is answered the connection lives in the request's future.
+///
+/// The drain is learnt from the worker's drain list (`server::drain`) rather than a watch
+/// receiver, so the connection's task carries no receiver.
+///
+/// Not an `async fn` either (see `serve`).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve_conn<'a>(
+    io: &'a mut Option<ClientIo>,
+    settings: &'a Settings,
+    ctx: &'a ConnCtx,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    async move {
+        loop {
+            let Some(conn) = io.as_mut() else { return };
+            let Some(buf) = idle(conn, settings, ctx.drain).await else {
+                return;
+            };
+            let Some(conn) = io.take() else { return };
+            // Everything a request needs while it is read and answered lives in this one
+            // allocation, not in the connection's task: the idle wait above is the state a
+            // connection spends its life in. Boxed in its own statement: a temporary lives to
+            // the end of its statement, so in `Box::pin(f()).await` the unboxed `f()` would be
+            // part of the task too.
+            let requests = Box::pin(serve_buffered(conn, buf, ctx, settings));
+            *io = requests.await;
+        }
+    }
+}
+
+/// Answers the requests that start in `buf` (more than one when the client pipelines), and
+/// gives the connection back for the idle wait once nothing of a next request is buffered.
+async fn serve_buffered(
+    mut io: ClientIo,
+    mut buf: BytesMut,
+    ctx: &ConnCtx,
+    settings: &Settings,
+) -> Option<ClientIo> {
     loop {
-        let buf = match carry.take() {
-            Some(b) => b,
-            None => match idle(&mut io, &settings, &shutdown).await {
-                Some(buf) => buf,
-                None => return,
-            },
-        };
-        // Everything a request needs while it is read and answered lives in this one
-        // allocation, not in the connection's task: the idle wait above is the state a
-        // connection spends its life in. Boxed in its own statement: a temporary lives to the
-        // end of its statement, so in `Box::pin(f()).await` the unboxed `f()` would be part of
-        // the task too.
-        let request = Box::pin(serve_one(io, buf, &ctx, &settings, &shutdown));
-        match request.await {
-            Next::KeepAlive(kept, mut buf) => {
-                io = kept;
+        match serve_one(io, buf, ctx, settings).await {
+            Next::KeepAlive(kept, mut rest) => {
                 // A CRLF some clients send after a body is not the start of a request
                 // (RFC 9112 §2.2): the connection is idle, not mid-head.
-                if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-                    buf.clear();
+                if rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                    rest.clear();
                 }
-                if buf.is_empty() {
-                    bufpool::give_read(buf);
-                } else {
-                    carry = Some(buf);
+                if rest.is_empty() {
+                    bufpool::give_read(rest);
+                    return Some(kept);
                 }
+                io = kept;
+                buf = rest;
             }
-            Next::Close => return,
+            Next::Close => return None,
         }
     }
 }
@@ -280,7 +329,6 @@ async fn serve_one(
     mut buf: BytesMut,
     ctx: &ConnCtx,
     settings: &Settings,
-    shutdown: &watch::Receiver<bool>,
 ) -> Next {
     let read = tokio::time::timeout(
         settings.header_read_timeout,
@@ -303,7 +351,7 @@ async fn serve_one(
         Ok(HeadRead::Failed) | Err(_) => return Next::Close,
     };
     buf.advance(head.len);
-    exchange(io, buf, head, ctx, settings, shutdown).await
+    exchange(io, buf, head, ctx, settings).await
 }
 
 /// Answers a head legate refuses (400, 431, 501, 505) and closes.
@@ -560,7 +608,6 @@ async fn exchange(
     head: RequestHead,
     ctx: &ConnCtx,
     settings: &Settings,
-    shutdown: &watch::Receiver<bool>,
 ) -> Next {
     let RequestHead {
         request,
@@ -640,7 +687,7 @@ async fn exchange(
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
-    let mut keep = keep_alive && !*shutdown.borrow() && !switching;
+    let mut keep = keep_alive && !drain::is_draining(ctx.drain) && !switching;
     let framing = if no_body {
         OutFraming::None
     } else if let Some(n) = body.size_hint().exact() {
@@ -901,5 +948,33 @@ mod tests {
         for n in [0u64, 7, 10, 12345, u64::MAX] {
             assert_eq!(itoa(n, &mut [0u8; 20]), n.to_string().as_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::{serve, ClientIo, ConnCtx, Settings};
+    use std::sync::Arc;
+
+    fn future_size<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle keep-alive connection's task holds is this future (plus tokio's task
+    /// header and the socket's registration): printed for docs/performance.md, bounded so
+    /// per-request state that creeps back into the idle wait is noticed (it once held the
+    /// whole 6.6 KB request future).
+    #[test]
+    fn an_idle_connection_future_is_small() {
+        type Keep = (crate::listen::Tracked, Option<crate::listen::ConnSlot>);
+        let n = future_size(serve::<Keep>);
+        eprintln!(
+            "connection future: {n} bytes (ClientIo {}, ConnCtx {}, Settings behind an Arc, a Sleep {})",
+            std::mem::size_of::<ClientIo>(),
+            std::mem::size_of::<ConnCtx>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+        );
+        let _ = std::mem::size_of::<Arc<Settings>>();
+        assert!(n <= 512, "the idle connection future grew to {n} bytes");
     }
 }

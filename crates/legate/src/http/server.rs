@@ -8,6 +8,7 @@ use super::serve_h1::{self, ClientIo, ConnCtx, Settings};
 use crate::config::ListenerLimits;
 use crate::h1::request::HeadLimits;
 use crate::listen::{ConnSlot, ConnTracker, ServingHandle, Tracked};
+use crate::server::drain;
 use crate::tls::server::ServerTls;
 use crate::upstream::pool::Pools;
 use hyper::body::Incoming;
@@ -21,7 +22,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -65,7 +65,29 @@ fn is_h2_preface(peeked: &[u8]) -> Option<bool> {
     }
 }
 
+/// Peeks at a new plain connection's first bytes: is it HTTP/2 prior knowledge? Polls the
+/// socket directly (its registration holds the waker): this runs in the task the connection
+/// keeps for its life, where every byte of future state counts.
 async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    let n = std::future::poll_fn(|cx| {
+        let mut peeked = tokio::io::ReadBuf::new(&mut buf);
+        stream.poll_peek(cx, &mut peeked)
+    })
+    .await?;
+    match is_h2_preface(&buf[..n]) {
+        _ if n == 0 => Ok(false),
+        Some(h2) => Ok(h2),
+        // Fewer than four bytes, all of them a preface's start: rare, so its wait is boxed
+        // (in a statement of its own: a temporary lives to the end of its statement).
+        None => {
+            let slow = Box::pin(sniff_h2_slowly(stream));
+            slow.await
+        }
+    }
+}
+
+async fn sniff_h2_slowly(stream: &TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; 24];
     loop {
         let n = stream.peek(&mut buf).await?;
@@ -80,19 +102,26 @@ async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
-/// Drives `conn` to completion, asking it to finish gracefully when shutdown begins.
+/// Drives `conn` to completion, asking it to finish gracefully when the worker drains.
 async fn with_graceful<C, E>(
     conn: C,
-    mut shutdown: watch::Receiver<bool>,
+    list: drain::ListId,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let mut conn = pin!(conn);
+    let mut listed = drain::Listed::new(list);
     let finished = tokio::select! {
         r = conn.as_mut() => Some(r),
-        _ = shutdown.wait_for(|s| *s) => None,
+        _ = std::future::poll_fn(|cx| {
+            if listed.poll_draining(cx) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }) => None,
     };
     let result = match finished {
         Some(r) => r,
@@ -119,75 +148,78 @@ pub fn serve(
     pools: Arc<Pools>,
     tracker: &Arc<ConnTracker>,
     slot: Option<ConnSlot>,
-    shutdown: watch::Receiver<bool>,
+    drain: drain::ListId,
 ) {
     let _ = stream.set_nodelay(true);
-    let tracked = Tracked::new(tracker);
+    let keep = (Tracked::new(tracker), slot);
     let builder = builder.clone();
-    // An HTTP/1.1 connection spends its life waiting for its next request, in a task of its
-    // own that holds only that wait (`serve_h1::serve`): the sniff, the TLS handshake and
-    // hyper's HTTP/2 connection happen in this first task, which ends once it has handed the
-    // connection over (one more spawn per connection, paid once, rather than a task as large
-    // as a TLS handshake for as long as the connection is idle).
-    tokio::spawn(async move {
-        let keep = (tracked, slot);
-        let ctx = |conn| {
-            Arc::new(ConnCtx {
-                accepted_with: listener.clone(),
+    match listener.tls.clone() {
+        None => {
+            let ctx = ConnCtx {
+                accepted_with: listener,
                 current,
                 pools,
-                conn,
-            })
-        };
-        match listener.tls.clone() {
-            None => {
-                let sniff = tokio::time::timeout(builder.h1.header_read_timeout, sniff_h2(&stream));
-                let h2 = match sniff.await {
-                    Ok(Ok(h2)) => h2,
-                    _ => return,
-                };
-                let ctx = ctx(ConnInfo::default());
-                hand_over(stream, h2, ClientIo::Plain, &builder, ctx, shutdown, keep).await;
-            }
-            Some(tls) => {
+                conn: ConnInfo::default(),
+                drain,
+            };
+            tokio::spawn(plain(stream, builder, ctx, keep));
+        }
+        // The handshake's state is large; an HTTP/1.1 connection then moves to a task of its
+        // own that holds only its idle wait (one more spawn per connection, paid once, rather
+        // than a task as large as a TLS handshake for as long as the connection is idle).
+        Some(tls) => {
+            tokio::spawn(async move {
                 let handshaking = Box::pin(handshake(&tls, &listener, stream));
                 let Some((stream, conn)) = handshaking.await else {
                     return;
                 };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let ctx = ctx(conn);
-                let h1 = |s| ClientIo::Tls(Box::new(s));
-                hand_over(stream, h2, h1, &builder, ctx, shutdown, keep).await;
-            }
+                let ctx = ConnCtx {
+                    accepted_with: listener,
+                    current,
+                    pools,
+                    conn,
+                    drain,
+                };
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let _keep = keep;
+                    let h2 = Box::pin(serve_h2(TokioIo::new(stream), &builder, Arc::new(ctx)));
+                    h2.await;
+                } else {
+                    let io = ClientIo::Tls(Box::new(stream));
+                    tokio::spawn(serve_h1::serve(io, builder.h1.clone(), ctx, keep));
+                }
+            });
         }
-    });
+    }
 }
 
-/// HTTP/2 is served here by hyper; HTTP/1.x moves to a task of its own (see `serve`).
-/// `keep` (the connection's accounting) lives as long as the connection.
-async fn hand_over<I, K>(
-    stream: I,
-    h2: bool,
-    h1_io: impl FnOnce(I) -> ClientIo,
-    builder: &ConnBuilder,
-    ctx: Arc<ConnCtx>,
-    shutdown: watch::Receiver<bool>,
+/// A plain connection's task: the HTTP/2 sniff, then legate's HTTP/1.1 loop on the same
+/// state (no second task), or hyper's HTTP/2 in a boxed future. Not an `async fn`, for the
+/// reason given at `serve_h1::serve`: its captures are used in place.
+fn plain<K: Send + 'static>(
+    stream: TcpStream,
+    builder: Arc<ConnBuilder>,
+    ctx: ConnCtx,
     keep: K,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    K: Send + 'static,
-{
-    if h2 {
-        let _keep = keep;
-        let h2 = Box::pin(serve_h2(TokioIo::new(stream), builder, ctx, shutdown));
-        h2.await;
-    } else {
-        let settings = builder.h1.clone();
-        let io = h1_io(stream);
-        tokio::spawn(async move {
-            let _keep = keep;
-            serve_h1::serve(io, settings, ctx, shutdown).await;
-        });
+) -> impl Future<Output = ()> + Send {
+    let mut io = Some(ClientIo::Plain(stream));
+    async move {
+        let _ = &keep;
+        let Some(ClientIo::Plain(stream)) = &io else {
+            return;
+        };
+        let sniff = tokio::time::timeout(builder.h1.header_read_timeout, sniff_h2(stream));
+        match sniff.await {
+            Ok(Ok(false)) => serve_h1::serve_conn(&mut io, &builder.h1, &ctx).await,
+            Ok(Ok(true)) => {
+                let Some(ClientIo::Plain(stream)) = io.take() else {
+                    return;
+                };
+                let h2 = Box::pin(serve_h2(TokioIo::new(stream), &builder, Arc::new(ctx)));
+                h2.await;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -206,14 +238,11 @@ async fn handshake(
     Some((s, ConnInfo { xfcc }))
 }
 
-async fn serve_h2<I>(
-    io: TokioIo<I>,
-    builder: &ConnBuilder,
-    ctx: Arc<ConnCtx>,
-    shutdown: watch::Receiver<bool>,
-) where
+async fn serve_h2<I>(io: TokioIo<I>, builder: &ConnBuilder, ctx: Arc<ConnCtx>)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let list = ctx.drain;
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         async move {
@@ -223,12 +252,28 @@ async fn serve_h2<I>(
         }
     });
     let conn = builder.h2.serve_connection(io, svc);
-    with_graceful(conn, shutdown, |c| c.graceful_shutdown()).await;
+    with_graceful(conn, list, |c| c.graceful_shutdown()).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::is_h2_preface;
+
+    fn future_size<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A plain HTTP/1.1 connection's task is this future for the connection's life (its idle
+    /// wait is what counts, see `serve_h1`): printed for docs/performance.md, bounded so that
+    /// tokio's task allocation (the future plus about 100 bytes, in 128-byte steps) stays at
+    /// 512 bytes.
+    #[test]
+    fn a_plain_connection_task_is_small() {
+        type Keep = (crate::listen::Tracked, Option<crate::listen::ConnSlot>);
+        let n = future_size(super::plain::<Keep>);
+        eprintln!("plain connection task future: {n} bytes");
+        assert!(n <= 400, "the plain connection future grew to {n} bytes");
+    }
 
     #[test]
     fn tells_h2_from_h1() {

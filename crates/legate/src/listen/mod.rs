@@ -202,9 +202,9 @@ pub async fn accept_loop(
     tracker: Arc<ConnTracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (finish, finishing) = watch::channel(false);
-    accept_until_stopped(a, &pools, &tracker, &mut shutdown, &finishing).await;
-    finish.send_replace(true);
+    let list = crate::server::drain::new_list();
+    accept_until_stopped(a, &pools, &tracker, &mut shutdown, list).await;
+    crate::server::drain::drain(list);
 }
 
 async fn accept_until_stopped(
@@ -212,7 +212,7 @@ async fn accept_until_stopped(
     pools: &Arc<Pools>,
     tracker: &Arc<ConnTracker>,
     shutdown: &mut watch::Receiver<bool>,
-    finishing: &watch::Receiver<bool>,
+    finishing: crate::server::drain::ListId,
 ) {
     let registered = match a.socket {
         Bound::Tcp(s) => tokio::net::TcpListener::from_std(s).map(Listening::Tcp),
@@ -272,7 +272,7 @@ async fn accept_until_stopped(
                 pools.clone(),
                 tracker,
                 slot,
-                finishing.clone(),
+                finishing,
             ),
             (Service::Tcp(ctx), Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);

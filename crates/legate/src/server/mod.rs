@@ -4,6 +4,7 @@
 
 mod build;
 mod control;
+pub mod drain;
 
 pub use control::ConfigSource;
 
@@ -332,7 +333,8 @@ fn run_worker(
         while added.try_recv().is_ok() {}
         while loops.join_next().await.is_some() {}
         sweeper.abort();
-        let tunnels = crate::tcp::drain::drain_all();
+        // HTTP connections were told by their listeners' accept loops as they ended.
+        let tunnels = drain::drain(drain::WORKER);
         if tunnels > 0 {
             tracing::info!(
                 tunnels,

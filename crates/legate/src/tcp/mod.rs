@@ -12,7 +12,6 @@
 pub mod buffers;
 pub mod connect;
 pub mod copy;
-pub mod drain;
 pub mod postgres;
 pub mod stream;
 
@@ -183,8 +182,8 @@ struct Carry<C: Conn> {
     _permit: crate::upstream::breaker::Permit,
     opened: Opened,
     _held: Held,
-    ctl: Arc<drain::TunnelCtl>,
-    waker_set: bool,
+    /// Its place in the worker's drain list.
+    listed: crate::server::drain::Listed,
 }
 
 fn carry<C: Conn>(
@@ -206,8 +205,7 @@ fn carry<C: Conn>(
         _permit: up._permit,
         opened,
         _held: held,
-        ctl: drain::register(),
-        waker_set: false,
+        listed: crate::server::drain::Listed::new(crate::server::drain::WORKER),
     }
 }
 
@@ -219,11 +217,7 @@ impl<C: Conn> std::future::Future for Carry<C> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         let me = &mut *self;
-        if !me.waker_set {
-            me.ctl.set_waker(cx.waker());
-            me.waker_set = true;
-        }
-        if me.ctl.is_draining() {
+        if me.listed.poll_draining(cx) {
             me.tunnel.drain();
         }
         let close = std::task::ready!(me.tunnel.poll_carry(
