@@ -58,164 +58,168 @@ struct Replay {
     trailers: Option<HeaderMap>,
 }
 
-pub async fn forward(
-    pools: &Arc<Pools>,
-    route: &Route,
-    parts: Parts,
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958);
+// the block works on its captures in place.
+#[allow(clippy::manual_async_fn)]
+pub fn forward<'a>(
+    pools: &'a Arc<Pools>,
+    route: &'a Route,
+    mut parts: Parts,
     body: ReqBody,
     upgrade: bool,
-    obs: &mut super::observe::Observe,
-) -> Result<Forwarded, UpstreamError> {
-    let deadline = Deadline {
-        at: tokio::time::Instant::from_std(obs.start) + route.timeout,
-        route,
-    };
-    let up = &route.upstream;
-    let mut parts = parts;
-    if let Some(auth) = up
-        .auth
-        .as_ref()
-        .filter(|a| !a.apply_now(&mut parts.headers))
-    {
-        // Boxed: a token fetch is a large future that almost no request runs.
-        if let Err(detail) = deadline
-            .bound(Box::pin(auth.apply(&mut parts.headers)))
-            .await?
+    obs: &'a mut super::observe::Observe,
+) -> impl std::future::Future<Output = Result<Forwarded, UpstreamError>> + Send + 'a {
+    async move {
+        let deadline = Deadline {
+            at: tokio::time::Instant::from_std(obs.start) + route.timeout,
+            route,
+        };
+        let up = &route.upstream;
+        if let Some(auth) = up
+            .auth
+            .as_ref()
+            .filter(|a| !a.apply_now(&mut parts.headers))
         {
-            return Err(UpstreamError::Credentials {
-                upstream: up.name.clone(),
-                detail,
-            });
-        }
-    }
-    let policy = route
-        .retry
-        .as_ref()
-        .filter(|p| !upgrade && p.attempts > 1 && p.allows_method(&parts.method));
-    let mut first: Option<Request<ReqBody>>;
-    let mut replay = None;
-    match policy {
-        None => first = Some(Request::from_parts(parts, body)),
-        Some(p) => match match body {
-            // Nothing to read: no timer either.
-            ReqBody::Empty => Ok(Buffered::Whole {
-                data: Bytes::new(),
-                trailers: None,
-            }),
-            body => {
-                deadline
-                    .bound(body::buffer(body, p.max_replay_body))
-                    .await?
-            }
-        } {
-            Err(source) => return Err(UpstreamError::RequestBody { source }),
-            Ok(Buffered::Whole { data, trailers }) => {
-                // legate's own HTTP/1.1 client sends a request without consuming it, so the
-                // same request goes out again on a retry. hyper's client (HTTP/2, trailers)
-                // consumes it: only then is a copy of the head kept for the next try.
-                let head = (up.may_use_hyper() || trailers.is_some()).then(|| Head {
-                    method: parts.method.clone(),
-                    uri: parts.uri.clone(),
-                    version: parts.version,
-                    headers: parts.headers.clone(),
-                });
-                first = Some(Request::from_parts(
-                    parts,
-                    ReqBody::replay(&data, &trailers),
-                ));
-                replay = Some(Replay {
-                    head,
-                    data,
-                    trailers,
-                });
-            }
-            Ok(Buffered::TooLarge(body)) => {
-                obs.replay_skipped = true;
-                tracing::debug!(route = %route.name, "request body larger than max_replay_body: streamed, not retried");
-                first = Some(Request::from_parts(parts, body));
-            }
-        },
-    }
-    if let Some(p) = policy {
-        p.budget.deposit(obs.start);
-    }
-    let mut failed: Vec<SocketAddr> = Vec::new();
-    let mut _retry_permit = None;
-    loop {
-        obs.attempts += 1;
-        let req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
-            (Some(req), _) => req,
-            (None, Some(head)) => {
-                let r = replay.as_ref().map(|r| (&r.data, &r.trailers));
-                head.request(r.map_or(ReqBody::Empty, |(d, t)| ReqBody::replay(d, t)))
-            }
-            // Unreachable: without a request to send again the loop returns after a try.
-            (None, None) => {
-                return Err(UpstreamError::NoEndpoint {
+            // Boxed: a token fetch is a large future that almost no request runs.
+            if let Err(detail) = deadline
+                .bound(Box::pin(auth.apply(&mut parts.headers)))
+                .await?
+            {
+                return Err(UpstreamError::Credentials {
                     upstream: up.name.clone(),
-                    targets: String::new(),
-                })
+                    detail,
+                });
             }
-        };
-        if let Some(t) = obs.trace.as_deref_mut() {
-            t.begin_attempt();
         }
-        let trace = obs.trace.as_deref();
-        let (result, outcome, endpoint, unused) =
-            attempt(pools, route, req, trace, upgrade, &failed, &deadline).await;
-        if let Some(t) = obs.trace.as_deref_mut().filter(|t| t.recording()) {
-            let (status, error) = match &result {
-                Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
-                Err(e) => (None, Some(e.reply().1)),
-            };
-            let host = endpoint.and_then(|a| {
-                let eps = up.endpoints();
-                let target = eps.iter().find(|e| e.addr == a)?.target;
-                up.targets.get(target).map(|t| t.spec.host.clone())
-            });
-            t.end_attempt(endpoint, host, status, error);
-        }
-        first = unused;
-        // The access log names the last endpoint tried, even if the route timeout ends the
-        // request during a later wait.
-        if endpoint.is_some() {
-            obs.endpoint = endpoint;
-        }
-        if let Err(UpstreamError::RouteTimeout { .. }) = result {
-            return result;
-        }
-        let Some(p) = policy else { return result };
-        let can_resend = first.is_some() || replay.as_ref().is_some_and(|r| r.head.is_some());
-        if replay.is_none() || !can_resend || obs.attempts >= p.attempts {
-            return result;
-        }
-        let Some(reason) = p.condition(outcome) else {
-            return result;
-        };
-        let wait = match &result {
-            Ok((resp, ..)) => match retry::retry_after(resp.headers()) {
-                Some(d) if d > p.retry_after_max => return result,
-                Some(d) => d,
-                None => p.backoff(obs.attempts),
+        let policy = route
+            .retry
+            .as_ref()
+            .filter(|p| !upgrade && p.attempts > 1 && p.allows_method(&parts.method));
+        let mut first: Option<Request<ReqBody>>;
+        let mut replay = None;
+        match policy {
+            None => first = Some(Request::from_parts(parts, body)),
+            Some(p) => match match body {
+                // Nothing to read: no timer either.
+                ReqBody::Empty => Ok(Buffered::Whole {
+                    data: Bytes::new(),
+                    trailers: None,
+                }),
+                body => {
+                    deadline
+                        .bound(body::buffer(body, p.max_replay_body))
+                        .await?
+                }
+            } {
+                Err(source) => return Err(UpstreamError::RequestBody { source }),
+                Ok(Buffered::Whole { data, trailers }) => {
+                    // legate's own HTTP/1.1 client sends a request without consuming it, so the
+                    // same request goes out again on a retry. hyper's client (HTTP/2, trailers)
+                    // consumes it: only then is a copy of the head kept for the next try.
+                    let head = (up.may_use_hyper() || trailers.is_some()).then(|| Head {
+                        method: parts.method.clone(),
+                        uri: parts.uri.clone(),
+                        version: parts.version,
+                        headers: parts.headers.clone(),
+                    });
+                    first = Some(Request::from_parts(
+                        parts,
+                        ReqBody::replay(&data, &trailers),
+                    ));
+                    replay = Some(Replay {
+                        head,
+                        data,
+                        trailers,
+                    });
+                }
+                Ok(Buffered::TooLarge(body)) => {
+                    obs.replay_skipped = true;
+                    tracing::debug!(route = %route.name, "request body larger than max_replay_body: streamed, not retried");
+                    first = Some(Request::from_parts(parts, body));
+                }
             },
-            Err(_) => p.backoff(obs.attempts),
-        };
-        if !p.budget.try_withdraw() {
-            up.metrics.budget_exhausted(&route.name, &up.name);
-            tracing::debug!(route = %route.name, "retry budget exhausted: not retrying");
-            return result;
         }
-        let Some(permit) = up.limits.acquire(Limit::Retries) else {
-            up.metrics.overflowed(&up.name, Limit::Retries.name());
-            return result;
-        };
-        _retry_permit = Some(permit);
-        up.metrics.retry(&route.name, &up.name, reason);
-        failed.extend(endpoint);
-        // Dropping an unread response closes its connection instead of pooling it: the body
-        // of a failed try is not worth reading.
-        drop(result);
-        deadline.bound(tokio::time::sleep(wait)).await?;
+        if let Some(p) = policy {
+            p.budget.deposit(obs.start);
+        }
+        let mut failed: Vec<SocketAddr> = Vec::new();
+        let mut _retry_permit = None;
+        loop {
+            obs.attempts += 1;
+            let req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
+                (Some(req), _) => req,
+                (None, Some(head)) => {
+                    let r = replay.as_ref().map(|r| (&r.data, &r.trailers));
+                    head.request(r.map_or(ReqBody::Empty, |(d, t)| ReqBody::replay(d, t)))
+                }
+                // Unreachable: without a request to send again the loop returns after a try.
+                (None, None) => {
+                    return Err(UpstreamError::NoEndpoint {
+                        upstream: up.name.clone(),
+                        targets: String::new(),
+                    })
+                }
+            };
+            if let Some(t) = obs.trace.as_deref_mut() {
+                t.begin_attempt();
+            }
+            let trace = obs.trace.as_deref();
+            let (result, outcome, endpoint, unused) =
+                attempt(pools, route, req, trace, upgrade, &failed, &deadline).await;
+            if let Some(t) = obs.trace.as_deref_mut().filter(|t| t.recording()) {
+                let (status, error) = match &result {
+                    Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
+                    Err(e) => (None, Some(e.reply().1)),
+                };
+                let host = endpoint.and_then(|a| {
+                    let eps = up.endpoints();
+                    let target = eps.iter().find(|e| e.addr == a)?.target;
+                    up.targets.get(target).map(|t| t.spec.host.clone())
+                });
+                t.end_attempt(endpoint, host, status, error);
+            }
+            first = unused;
+            // The access log names the last endpoint tried, even if the route timeout ends the
+            // request during a later wait.
+            if endpoint.is_some() {
+                obs.endpoint = endpoint;
+            }
+            if let Err(UpstreamError::RouteTimeout { .. }) = result {
+                return result;
+            }
+            let Some(p) = policy else { return result };
+            let can_resend = first.is_some() || replay.as_ref().is_some_and(|r| r.head.is_some());
+            if replay.is_none() || !can_resend || obs.attempts >= p.attempts {
+                return result;
+            }
+            let Some(reason) = p.condition(outcome) else {
+                return result;
+            };
+            let wait = match &result {
+                Ok((resp, ..)) => match retry::retry_after(resp.headers()) {
+                    Some(d) if d > p.retry_after_max => return result,
+                    Some(d) => d,
+                    None => p.backoff(obs.attempts),
+                },
+                Err(_) => p.backoff(obs.attempts),
+            };
+            if !p.budget.try_withdraw() {
+                up.metrics.budget_exhausted(&route.name, &up.name);
+                tracing::debug!(route = %route.name, "retry budget exhausted: not retrying");
+                return result;
+            }
+            let Some(permit) = up.limits.acquire(Limit::Retries) else {
+                up.metrics.overflowed(&up.name, Limit::Retries.name());
+                return result;
+            };
+            _retry_permit = Some(permit);
+            up.metrics.retry(&route.name, &up.name, reason);
+            failed.extend(endpoint);
+            // Dropping an unread response closes its connection instead of pooling it: the body
+            // of a failed try is not worth reading.
+            drop(result);
+            deadline.bound(tokio::time::sleep(wait)).await?;
+        }
     }
 }
 
@@ -241,54 +245,102 @@ impl Deadline<'_> {
 }
 
 /// One try: limits, endpoint, breaker, send, record.
-async fn attempt(
-    pools: &Arc<Pools>,
-    route: &Route,
-    mut req: Request<ReqBody>,
-    trace: Option<&Trace>,
-    upgrade: bool,
-    avoid: &[SocketAddr],
-    deadline: &Deadline<'_>,
-) -> (
+type TryResult = (
     Result<Forwarded, UpstreamError>,
     Outcome,
     Option<SocketAddr>,
     Option<Request<ReqBody>>,
-) {
+);
+
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958),
+// and a request is 352 bytes; the block works on its captures in place.
+#[allow(clippy::manual_async_fn)]
+fn attempt<'a>(
+    pools: &'a Arc<Pools>,
+    route: &'a Route,
+    mut req: Request<ReqBody>,
+    trace: Option<&'a Trace>,
+    upgrade: bool,
+    avoid: &'a [SocketAddr],
+    deadline: &'a Deadline<'a>,
+) -> impl std::future::Future<Output = TryResult> + Send + 'a {
+    // What needs no waiting is done before the future exists, so the future keeps only what
+    // the send needs: a capture stays in the state for the future's whole life.
+    let admitted = admit(route, &mut req, avoid, deadline);
+    // The request stays here: a try that only borrows it (legate's own HTTP/1.1 client) leaves
+    // it for the next try, even when the per-try timeout drops the try.
+    let mut slot = Some(req);
+    async move {
+        let up = &route.upstream;
+        let a = match admitted {
+            Ok(a) => a,
+            // Refused before sending: the request is still ours to send again.
+            Err(e) => return (Err(e), Outcome::Failed(FailureKind::Local), None, slot),
+        };
+        let ep = &a.ep;
+        let inflight = ep.load.start();
+        let sending = send(pools, up, ep, &mut slot, trace, upgrade);
+        let result = match tokio::time::timeout_at(a.until, sending).await {
+            Ok(r) => r,
+            Err(_) => Err(match a.per_try {
+                Some(timeout) => UpstreamError::TryTimeout {
+                    endpoint: ep.addr,
+                    timeout,
+                },
+                None => deadline.expired(),
+            }),
+        };
+        drop(inflight);
+        let Admitted {
+            ep,
+            admission,
+            started,
+            ..
+        } = a;
+        let outcome = match &result {
+            Ok((resp, ..)) => Outcome::Status(resp.status()),
+            Err(e) => Outcome::Failed(e.kind()),
+        };
+        let now = Instant::now();
+        record(up, &ep, admission, outcome, now, now - started.into_std());
+        (result, outcome, Some(ep.addr), slot)
+    }
+}
+
+/// A try let through the upstream's limits, balancer and breaker.
+struct Admitted {
+    _permit: crate::upstream::breaker::Permit,
+    ep: Arc<Endpoint>,
+    admission: Option<crate::upstream::breaker::Admission>,
+    started: tokio::time::Instant,
+    per_try: Option<Duration>,
+    until: tokio::time::Instant,
+}
+
+/// A try's limits (`max_requests`), endpoint (avoiding those that just failed) and breaker
+/// admission, and the request's `Host` for that endpoint.
+fn admit(
+    route: &Route,
+    req: &mut Request<ReqBody>,
+    avoid: &[SocketAddr],
+    deadline: &Deadline<'_>,
+) -> Result<Admitted, UpstreamError> {
     let up = &route.upstream;
-    // Refused before sending: the request is still ours to send again.
-    let local = |e: UpstreamError, req: Request<ReqBody>| {
-        (
-            Err(e),
-            Outcome::Failed(crate::upstream::error::FailureKind::Local),
-            None,
-            Some(req),
-        )
-    };
-    let Some(_permit) = up.limits.acquire(Limit::Requests) else {
+    let Some(permit) = up.limits.acquire(Limit::Requests) else {
         up.metrics.overflowed(&up.name, Limit::Requests.name());
-        return local(
-            UpstreamError::Overflow {
-                upstream: up.name.clone(),
-                limit: Limit::Requests.name(),
-            },
-            req,
-        );
+        return Err(UpstreamError::Overflow {
+            upstream: up.name.clone(),
+            limit: Limit::Requests.name(),
+        });
     };
-    let ep = match balance::pick(up, avoid) {
-        Ok(ep) => ep,
-        Err(e) => return local(e, req),
-    };
+    let ep = balance::pick(up, avoid)?;
     let admission = match &up.breaker {
         Some(b) => match b.admit() {
             Some(a) => Some(a),
             None => {
-                return local(
-                    UpstreamError::CircuitOpen {
-                        upstream: up.name.clone(),
-                    },
-                    req,
-                )
+                return Err(UpstreamError::CircuitOpen {
+                    upstream: up.name.clone(),
+                })
             }
         },
         None => None,
@@ -308,30 +360,14 @@ async fn attempt(
         .and_then(|p| p.per_try_timeout)
         .filter(|t| started + *t < deadline.at);
     let until = per_try.map_or(deadline.at, |t| started + t);
-    let inflight = ep.load.start();
-    // The request stays here: a try that only borrows it (legate's own HTTP/1.1 client) leaves
-    // it for the next try, even when the per-try timeout drops the try.
-    let mut slot = Some(req);
-    let result =
-        match tokio::time::timeout_at(until, send(pools, up, &ep, &mut slot, trace, upgrade)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(match per_try {
-                Some(timeout) => UpstreamError::TryTimeout {
-                    endpoint: ep.addr,
-                    timeout,
-                },
-                None => deadline.expired(),
-            }),
-        };
-    drop(inflight);
-    let outcome = match &result {
-        Ok((resp, ..)) => Outcome::Status(resp.status()),
-        Err(e) => Outcome::Failed(e.kind()),
-    };
-    let now = Instant::now();
-    record(up, &ep, admission, outcome, now, now - started.into_std());
-    (result, outcome, Some(ep.addr), slot)
+    Ok(Admitted {
+        _permit: permit,
+        ep,
+        admission,
+        started,
+        per_try,
+        until,
+    })
 }
 
 /// Feeds one try's outcome to the balancer's latency estimate, outlier detection and breaker.

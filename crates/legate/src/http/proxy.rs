@@ -41,131 +41,137 @@ pub struct ConnInfo {
     pub xfcc: Option<HeaderValue>,
 }
 
-pub async fn handle(
-    listener: &ListenerCtx,
-    pools: &Arc<Pools>,
-    conn: &ConnInfo,
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958);
+// the block works on its captures in place (a request is hundreds of bytes).
+#[allow(clippy::manual_async_fn)]
+pub fn handle<'a>(
+    listener: &'a ListenerCtx,
+    pools: &'a Arc<Pools>,
+    conn: &'a ConnInfo,
     mut req: Request<Inbound>,
     client_upgrade: Option<ClientUpgrade>,
-) -> Response<RespBody> {
-    let mut obs = Observe::start(&listener.obs, &req);
+) -> impl std::future::Future<Output = Response<RespBody>> + Send + 'a {
+    async move {
+        let mut obs = Observe::start(&listener.obs, &req);
 
-    if req.method() == Method::CONNECT {
-        return local::reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "connect-refused",
-            "CONNECT is not supported: legate forwards only to its configured upstreams",
-            obs,
-        );
-    }
-    if req.version() < Version::HTTP_2
-        && req.uri().scheme().is_some()
-        && !is_own_authority(req.uri(), listener.addr)
-    {
-        return local::reply(
-            StatusCode::FORBIDDEN,
-            "open-proxy-refused",
-            "absolute-form request for another host: legate is not an open proxy",
-            obs,
-        );
-    }
-    let Some(route) = listener.routes.iter().find(|r| r.matcher.matches(&req)) else {
-        return local::reply(
-            StatusCode::NOT_FOUND,
-            "no-route",
-            "no route matches this request",
-            obs,
-        );
-    };
-    obs.route = Some(route.clone());
-    if let Some(limit) = &route.rate_limit {
-        if let Err(wait) = limit.try_take() {
-            route.metrics.rate_limited.inc();
-            let mut resp = local::reply(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                "route rate limit reached",
+        if req.method() == Method::CONNECT {
+            return local::reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "connect-refused",
+                "CONNECT is not supported: legate forwards only to its configured upstreams",
                 obs,
             );
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            return resp;
         }
-    }
-    obs.request_id = Some(request_id::ensure(req.headers_mut()));
-    obs.begin_trace(&mut req);
-    if let Some(name) = listener
-        .tls
-        .as_ref()
-        .and_then(|t| t.forward_client_cert.as_ref())
-    {
-        // Only legate may say who the client is: a copy from outside is a forgery.
-        req.headers_mut().remove(name);
-        if let Some(v) = &conn.xfcc {
-            req.headers_mut().insert(name.clone(), v.clone());
+        if req.version() < Version::HTTP_2
+            && req.uri().scheme().is_some()
+            && !is_own_authority(req.uri(), listener.addr)
+        {
+            return local::reply(
+                StatusCode::FORBIDDEN,
+                "open-proxy-refused",
+                "absolute-form request for another host: legate is not an open proxy",
+                obs,
+            );
         }
-    }
-
-    let client_version = req.version();
-    // HTTP/1.1 only, as the server that would carry the switch decides (HTTP/1.0 has no 101).
-    let wants_upgrade = client_version == Version::HTTP_11 && is_upgrade_request(req.headers());
-    let client_upgrade = client_upgrade.filter(|_| wants_upgrade);
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, wants_upgrade);
-    route.request_rules.apply(&mut parts.headers);
-    for h in &route.file_headers {
-        parts.headers.insert(h.header.clone(), h.value());
-    }
-    let body = if body.is_end_stream() {
-        ReqBody::Empty
-    } else if let Inbound::Full(data) = body {
-        obs.bytes_in = Some(Arc::new(AtomicU64::new(data.len() as u64)));
-        ReqBody::Full {
-            data: Some(data),
-            trailers: None,
-        }
-    } else {
-        let counted = Arc::new(AtomicU64::new(0));
-        obs.bytes_in = Some(counted.clone());
-        ReqBody::Stream {
-            inner: body,
-            counted,
-        }
-    };
-
-    let sent = super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs).await;
-    let (mut resp, pool_return, endpoint) = match sent {
-        Err(e) => {
-            let (status, reason) = e.reply();
-            if let Some(ep) = e.endpoint() {
-                obs.endpoint = Some(ep);
+        let Some(route) = listener.routes.iter().find(|r| r.matcher.matches(&req)) else {
+            return local::reply(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "no route matches this request",
+                obs,
+            );
+        };
+        obs.route = Some(route.clone());
+        if let Some(limit) = &route.rate_limit {
+            if let Err(wait) = limit.try_take() {
+                route.metrics.rate_limited.inc();
+                let mut resp = local::reply(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "route rate limit reached",
+                    obs,
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return resp;
             }
-            let endpoint = e
-                .endpoint()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "none".into());
-            if let Some(folded) = route.failure_log.check() {
-                tracing::warn!(route = %route.name, upstream = %route.upstream.name,
-                    endpoint, reason, error = %e, folded, "upstream request failed");
-            }
-            return local::reply(status, reason, &e.to_string(), obs);
         }
-        Ok(sent) => sent,
-    };
-    obs.endpoint = Some(endpoint);
-    obs.status = resp.status().as_u16();
+        obs.request_id = Some(request_id::ensure(req.headers_mut()));
+        obs.begin_trace(&mut req);
+        if let Some(name) = listener
+            .tls
+            .as_ref()
+            .and_then(|t| t.forward_client_cert.as_ref())
+        {
+            // Only legate may say who the client is: a copy from outside is a forgery.
+            req.headers_mut().remove(name);
+            if let Some(v) = &conn.xfcc {
+                req.headers_mut().insert(name.clone(), v.clone());
+            }
+        }
 
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client)) = (switching, client_upgrade) {
-        upgrade::bridge(client, hyper::upgrade::on(&mut resp), endpoint);
+        let client_version = req.version();
+        // HTTP/1.1 only, as the server that would carry the switch decides (HTTP/1.0 has no 101).
+        let wants_upgrade = client_version == Version::HTTP_11 && is_upgrade_request(req.headers());
+        let client_upgrade = client_upgrade.filter(|_| wants_upgrade);
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, wants_upgrade);
+        route.request_rules.apply(&mut parts.headers);
+        for h in &route.file_headers {
+            parts.headers.insert(h.header.clone(), h.value());
+        }
+        let body = if body.is_end_stream() {
+            ReqBody::Empty
+        } else if let Inbound::Full(data) = body {
+            obs.bytes_in = Some(Arc::new(AtomicU64::new(data.len() as u64)));
+            ReqBody::Full {
+                data: Some(data),
+                trailers: None,
+            }
+        } else {
+            let counted = Arc::new(AtomicU64::new(0));
+            obs.bytes_in = Some(counted.clone());
+            ReqBody::Stream {
+                inner: body,
+                counted,
+            }
+        };
+
+        let sent =
+            super::forward::forward(pools, route, parts, body, wants_upgrade, &mut obs).await;
+        let (mut resp, pool_return, endpoint) = match sent {
+            Err(e) => {
+                let (status, reason) = e.reply();
+                if let Some(ep) = e.endpoint() {
+                    obs.endpoint = Some(ep);
+                }
+                let endpoint = e
+                    .endpoint()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "none".into());
+                if let Some(folded) = route.failure_log.check() {
+                    tracing::warn!(route = %route.name, upstream = %route.upstream.name,
+                        endpoint, reason, error = %e, folded, "upstream request failed");
+                }
+                return local::reply(status, reason, &e.to_string(), obs);
+            }
+            Ok(sent) => sent,
+        };
+        obs.endpoint = Some(endpoint);
+        obs.status = resp.status().as_u16();
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client)) = (switching, client_upgrade) {
+            upgrade::bridge(client, hyper::upgrade::on(&mut resp), endpoint);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        rparts.version = client_version;
+        strip_hop_by_hop(&mut rparts.headers, switching);
+        route.response_rules.apply(&mut rparts.headers);
+        let pool_return = if switching { None } else { pool_return };
+        Response::from_parts(rparts, RespBody::upstream(rbody, pool_return, obs))
     }
-    let (mut rparts, rbody) = resp.into_parts();
-    rparts.version = client_version;
-    strip_hop_by_hop(&mut rparts.headers, switching);
-    route.response_rules.apply(&mut rparts.headers);
-    let pool_return = if switching { None } else { pool_return };
-    Response::from_parts(rparts, RespBody::upstream(rbody, pool_return, obs))
 }
 
 /// `http://localhost:8080/x` sent to legate's own listener is an odd but harmless spelling of

@@ -297,61 +297,71 @@ pub fn serve_conn<'a>(
 
 /// Answers the requests that start in `buf` (more than one when the client pipelines), and
 /// gives the connection back for the idle wait once nothing of a next request is buffered.
-async fn serve_buffered(
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958);
+// the block works on its captures in place (see `serve`).
+#[allow(clippy::manual_async_fn)]
+fn serve_buffered<'a>(
     mut io: ClientIo,
     mut buf: BytesMut,
-    ctx: &ConnCtx,
-    settings: &Settings,
-) -> Option<ClientIo> {
-    loop {
-        match serve_one(io, buf, ctx, settings).await {
-            Next::KeepAlive(kept, mut rest) => {
-                // A CRLF some clients send after a body is not the start of a request
-                // (RFC 9112 §2.2): the connection is idle, not mid-head.
-                if rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-                    rest.clear();
+    ctx: &'a ConnCtx,
+    settings: &'a Settings,
+) -> impl std::future::Future<Output = Option<ClientIo>> + Send + 'a {
+    async move {
+        loop {
+            match serve_one(io, buf, ctx, settings).await {
+                Next::KeepAlive(kept, mut rest) => {
+                    // A CRLF some clients send after a body is not the start of a request
+                    // (RFC 9112 §2.2): the connection is idle, not mid-head.
+                    if rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                        rest.clear();
+                    }
+                    if rest.is_empty() {
+                        bufpool::give_read(rest);
+                        return Some(kept);
+                    }
+                    io = kept;
+                    buf = rest;
                 }
-                if rest.is_empty() {
-                    bufpool::give_read(rest);
-                    return Some(kept);
-                }
-                io = kept;
-                buf = rest;
+                Next::Close => return None,
             }
-            Next::Close => return None,
         }
     }
 }
 
 /// Reads one request head from `buf` and the connection, and answers it.
-async fn serve_one(
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958);
+// the block works on its captures in place (see `serve`).
+#[allow(clippy::manual_async_fn)]
+fn serve_one<'a>(
     mut io: ClientIo,
     mut buf: BytesMut,
-    ctx: &ConnCtx,
-    settings: &Settings,
-) -> Next {
-    let read = tokio::time::timeout(
-        settings.header_read_timeout,
-        read_head(&mut io, &mut buf, &settings.limits),
-    )
-    .await;
-    let head = match read {
-        Ok(HeadRead::Head(head)) => head,
-        Ok(HeadRead::Refused(e)) => {
-            refuse(&mut io, &e).await;
-            return Next::Close;
-        }
-        Ok(HeadRead::Closed) => {
-            buf.clear();
-            bufpool::give_read(buf);
-            return Next::Close;
-        }
-        // A head that did not arrive in time (slowloris) or a broken connection: closed
-        // without an answer, as nginx does for client_header_timeout.
-        Ok(HeadRead::Failed) | Err(_) => return Next::Close,
-    };
-    buf.advance(head.len);
-    exchange(io, buf, head, ctx, settings).await
+    ctx: &'a ConnCtx,
+    settings: &'a Settings,
+) -> impl std::future::Future<Output = Next> + Send + 'a {
+    async move {
+        let read = tokio::time::timeout(
+            settings.header_read_timeout,
+            read_head(&mut io, &mut buf, &settings.limits),
+        )
+        .await;
+        let head = match read {
+            Ok(HeadRead::Head(head)) => head,
+            Ok(HeadRead::Refused(e)) => {
+                refuse(&mut io, &e).await;
+                return Next::Close;
+            }
+            Ok(HeadRead::Closed) => {
+                buf.clear();
+                bufpool::give_read(buf);
+                return Next::Close;
+            }
+            // A head that did not arrive in time (slowloris) or a broken connection: closed
+            // without an answer, as nginx does for client_header_timeout.
+            Ok(HeadRead::Failed) | Err(_) => return Next::Close,
+        };
+        buf.advance(head.len);
+        exchange(io, buf, head, ctx, settings).await
+    }
 }
 
 /// Answers a head legate refuses (400, 431, 501, 505) and closes.
@@ -588,11 +598,34 @@ fn poll_read_into<R: AsyncRead + Unpin>(
 }
 
 /// Reads what the client sends while its request is being answered: `true` when it closed.
+/// Holds no buffer until bytes arrive (the exchange gave its read buffer back: most clients
+/// send nothing while they wait, and a thousand requests in flight would otherwise hold a
+/// thousand buffers).
 async fn client_gone(io: &mut ClientIo, buf: &mut BytesMut) -> bool {
+    if buf.capacity() == 0 {
+        if let ClientIo::Plain(s) = io {
+            if s.readable().await.is_err() {
+                return true;
+            }
+        }
+        *buf = bufpool::take_read();
+    }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_SIZE);
     }
     !matches!(io.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// The read buffer an exchange keeps while the answer is pending: none when nothing of a next
+/// request is in it (the buffer goes back to the pool now; `client_gone` takes one if the
+/// client sends more).
+fn spare(buf: BytesMut) -> BytesMut {
+    if buf.is_empty() {
+        bufpool::give_read(buf);
+        BytesMut::new()
+    } else {
+        buf
+    }
 }
 
 /// The connection as one exchange holds it.
@@ -602,173 +635,178 @@ enum Held {
 }
 
 /// One request and its response.
-async fn exchange(
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958);
+// the block works on its captures in place (see `serve`).
+#[allow(clippy::manual_async_fn)]
+fn exchange<'a>(
     io: ClientIo,
     mut buf: BytesMut,
     head: RequestHead,
-    ctx: &ConnCtx,
-    settings: &Settings,
-) -> Next {
-    let RequestHead {
-        request,
-        body: decoder,
-        keep_alive,
-        expect_continue,
-        ..
-    } = head;
-    let version = request.version();
-    let head_request = request.method() == Method::HEAD;
-    let upgrade = version == Version::HTTP_11 && is_upgrade_request(request.headers());
-    let whole = decoder
-        .size_hint()
-        .exact()
-        .filter(|n| *n <= buf.len() as u64);
-    let (inbound, mut held) = if decoder.is_end() {
-        (Inbound::Empty, Held::Own(io, buf))
-    } else if let Some(n) = whole {
-        // The whole body came with the head: it goes upstream as a slice of this buffer.
-        let data = buf.split_to(n as usize).freeze();
-        (Inbound::Full(data), Held::Own(io, buf))
-    } else {
-        let shared = Arc::new(Mutex::new(Streaming {
-            io: Some(io),
-            buf,
-            decoder,
-            continue_left: if expect_continue { CONTINUE.len() } else { 0 },
-            done: false,
-        }));
-        let body = ClientBody {
-            shared: shared.clone(),
-            timeout: settings.body_timeout,
-            idle: None,
+    ctx: &'a ConnCtx,
+    settings: &'a Settings,
+) -> impl std::future::Future<Output = Next> + Send + 'a {
+    async move {
+        let RequestHead {
+            request,
+            body: decoder,
+            keep_alive,
+            expect_continue,
+            ..
+        } = head;
+        let version = request.version();
+        let head_request = request.method() == Method::HEAD;
+        let upgrade = version == Version::HTTP_11 && is_upgrade_request(request.headers());
+        let whole = decoder
+            .size_hint()
+            .exact()
+            .filter(|n| *n <= buf.len() as u64);
+        let (inbound, mut held) = if decoder.is_end() {
+            (Inbound::Empty, Held::Own(io, spare(buf)))
+        } else if let Some(n) = whole {
+            // The whole body came with the head: it goes upstream as a slice of this buffer.
+            let data = buf.split_to(n as usize).freeze();
+            (Inbound::Full(data), Held::Own(io, spare(buf)))
+        } else {
+            let shared = Arc::new(Mutex::new(Streaming {
+                io: Some(io),
+                buf,
+                decoder,
+                continue_left: if expect_continue { CONTINUE.len() } else { 0 },
+                done: false,
+            }));
+            let body = ClientBody {
+                shared: shared.clone(),
+                timeout: settings.body_timeout,
+                idle: None,
+            };
+            (Inbound::Own(body), Held::Streaming(shared))
         };
-        (Inbound::Own(body), Held::Streaming(shared))
-    };
-    let (upgrade_tx, upgrade_rx) = if upgrade {
-        let (tx, rx) = oneshot::channel();
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
-    let listener = ctx.listener();
-    let handled = proxy::handle(
-        &listener,
-        &ctx.pools,
-        &ctx.conn,
-        request.map(|()| inbound),
-        upgrade_rx,
-    );
-    let resp = match &mut held {
-        Held::Own(io, buf) => {
-            // While the answer is pending, a client that closes its connection has left: the
-            // request is dropped (and accounted for as 499), as hyper's server did. Bytes
-            // that arrive meanwhile are the next pipelined request's, kept for later.
-            let mut handled = std::pin::pin!(handled);
-            let mut watching = true;
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut handled => break r,
-                    gone = client_gone(io, buf), if watching => {
-                        if gone {
-                            return Next::Close;
+        let (upgrade_tx, upgrade_rx) = if upgrade {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let listener = ctx.listener();
+        let handled = proxy::handle(
+            &listener,
+            &ctx.pools,
+            &ctx.conn,
+            request.map(|()| inbound),
+            upgrade_rx,
+        );
+        let resp = match &mut held {
+            Held::Own(io, buf) => {
+                // While the answer is pending, a client that closes its connection has left: the
+                // request is dropped (and accounted for as 499), as hyper's server did. Bytes
+                // that arrive meanwhile are the next pipelined request's, kept for later.
+                let mut handled = std::pin::pin!(handled);
+                let mut watching = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut handled => break r,
+                        gone = client_gone(io, buf), if watching => {
+                            if gone {
+                                return Next::Close;
+                            }
+                            watching = buf.len() < settings.limits.max_header_bytes;
                         }
-                        watching = buf.len() < settings.limits.max_header_bytes;
                     }
                 }
             }
-        }
-        Held::Streaming(_) => handled.await,
-    };
-    drop(listener);
-    let (parts, mut body) = resp.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
-    let no_body = head_request
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    let mut keep = keep_alive && !drain::is_draining(ctx.drain) && !switching;
-    let framing = if no_body {
-        OutFraming::None
-    } else if let Some(n) = body.size_hint().exact() {
-        OutFraming::Length(n)
-    } else if version == Version::HTTP_11 {
-        OutFraming::Chunked
-    } else {
-        keep = false;
-        OutFraming::Close
-    };
-    if let Held::Streaming(s) = &held {
-        // A body the upstream did not read to its end leaves the next request's start
-        // unknown: this connection ends after the response (as hyper and nginx do).
-        if !lock(s).done {
+            Held::Streaming(_) => handled.await,
+        };
+        drop(listener);
+        let (parts, mut body) = resp.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
+        let no_body = head_request
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let mut keep = keep_alive && !drain::is_draining(ctx.drain) && !switching;
+        let framing = if no_body {
+            OutFraming::None
+        } else if let Some(n) = body.size_hint().exact() {
+            OutFraming::Length(n)
+        } else if version == Version::HTTP_11 {
+            OutFraming::Chunked
+        } else {
             keep = false;
-        }
-    }
-    let mut out = bufpool::take_write();
-    if let Held::Streaming(s) = &held {
-        // A `100 Continue` not yet (fully) written must not land inside the final response:
-        // what is left of it goes first, and the body reader writes no more of it.
-        let mut st = lock(s);
-        let left = st.continue_left;
-        if left > 0 && left < CONTINUE.len() {
-            out.extend_from_slice(&CONTINUE[CONTINUE.len() - left..]);
-        }
-        st.continue_left = 0;
-    }
-    encode_head(&mut out, version, &parts, framing, keep, switching);
-    let limit = settings.limits.max_header_bytes;
-    let written = match &mut held {
-        Held::Own(io, buf) => {
-            write_body(io, &mut out, &mut body, framing, Some((buf, limit))).await
-        }
-        Held::Streaming(s) => {
-            let mut w = SharedWriter(s.clone());
-            write_body(&mut w, &mut out, &mut body, framing, None).await
-        }
-    };
-    bufpool::give_write(out);
-    // The response is complete (or failed): account for it before anything else.
-    drop(body);
-    drop(parts);
-    if written.is_err() {
-        return Next::Close;
-    }
-    let (mut io, buf) = match held {
-        Held::Own(io, buf) => (io, buf),
-        Held::Streaming(s) => {
-            // Read to its end, the body answers `None` from now on without touching the
-            // connection, so the connection can leave it even while the upstream side still
-            // holds the body (hyper's client drops it when it gets to it).
-            let taken = {
-                let mut st = lock(&s);
-                let buf = std::mem::take(&mut st.buf);
-                (st.done, st.io.take(), buf)
-            };
-            match taken {
-                (true, Some(io), buf) => (io, buf),
-                (false, Some(mut io), _) => {
-                    let _ = io.shutdown().await;
-                    return Next::Close;
-                }
-                (_, None, _) => return Next::Close,
+            OutFraming::Close
+        };
+        if let Held::Streaming(s) = &held {
+            // A body the upstream did not read to its end leaves the next request's start
+            // unknown: this connection ends after the response (as hyper and nginx do).
+            if !lock(s).done {
+                keep = false;
             }
         }
-    };
-    if switching {
-        if let Some(tx) = upgrade_tx {
-            let _ = tx.send(Upgraded {
-                io,
-                read_ahead: buf,
-            });
+        let mut out = bufpool::take_write();
+        if let Held::Streaming(s) = &held {
+            // A `100 Continue` not yet (fully) written must not land inside the final response:
+            // what is left of it goes first, and the body reader writes no more of it.
+            let mut st = lock(s);
+            let left = st.continue_left;
+            if left > 0 && left < CONTINUE.len() {
+                out.extend_from_slice(&CONTINUE[CONTINUE.len() - left..]);
+            }
+            st.continue_left = 0;
         }
-        return Next::Close;
+        encode_head(&mut out, version, &parts, framing, keep, switching);
+        let limit = settings.limits.max_header_bytes;
+        let written = match &mut held {
+            Held::Own(io, buf) => {
+                write_body(io, &mut out, &mut body, framing, Some((buf, limit))).await
+            }
+            Held::Streaming(s) => {
+                let mut w = SharedWriter(s.clone());
+                write_body(&mut w, &mut out, &mut body, framing, None).await
+            }
+        };
+        bufpool::give_write(out);
+        // The response is complete (or failed): account for it before anything else.
+        drop(body);
+        drop(parts);
+        if written.is_err() {
+            return Next::Close;
+        }
+        let (mut io, buf) = match held {
+            Held::Own(io, buf) => (io, buf),
+            Held::Streaming(s) => {
+                // Read to its end, the body answers `None` from now on without touching the
+                // connection, so the connection can leave it even while the upstream side still
+                // holds the body (hyper's client drops it when it gets to it).
+                let taken = {
+                    let mut st = lock(&s);
+                    let buf = std::mem::take(&mut st.buf);
+                    (st.done, st.io.take(), buf)
+                };
+                match taken {
+                    (true, Some(io), buf) => (io, buf),
+                    (false, Some(mut io), _) => {
+                        let _ = io.shutdown().await;
+                        return Next::Close;
+                    }
+                    (_, None, _) => return Next::Close,
+                }
+            }
+        };
+        if switching {
+            if let Some(tx) = upgrade_tx {
+                let _ = tx.send(Upgraded {
+                    io,
+                    read_ahead: buf,
+                });
+            }
+            return Next::Close;
+        }
+        if !keep {
+            let _ = io.shutdown().await;
+            return Next::Close;
+        }
+        Next::KeepAlive(io, buf)
     }
-    if !keep {
-        let _ = io.shutdown().await;
-        return Next::Close;
-    }
-    Next::KeepAlive(io, buf)
 }
 
 fn encode_head(
@@ -976,5 +1014,34 @@ mod size_tests {
         );
         let _ = std::mem::size_of::<Arc<Settings>>();
         assert!(n <= 512, "the idle connection future grew to {n} bytes");
+    }
+
+    /// A request in flight costs this future (plus its buffers): printed for
+    /// docs/performance.md, bounded so that a new phase inlined into every request is noticed
+    /// (1,000 busy connections are 1,000 of these).
+    #[test]
+    fn a_request_future_stays_bounded() {
+        fn size5<A, B, C, D, E, F: std::future::Future>(
+            _: impl FnOnce(A, B, C, D, E) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn size6<A, B, C, D, E, G, F: std::future::Future>(
+            _: impl FnOnce(A, B, C, D, E, G) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let n = future_size(super::serve_buffered);
+        eprintln!(
+            "request future: {n} bytes; inside it: exchange {}, proxy::handle {}, forward {}, \
+             send {}; a Response<RespBody> {}, a Request<ReqBody> {}",
+            size5(super::exchange),
+            size5(crate::http::proxy::handle),
+            size6(crate::http::forward::forward),
+            size6(crate::http::proxy::send),
+            std::mem::size_of::<http::Response<crate::http::body::RespBody>>(),
+            std::mem::size_of::<http::Request<crate::http::body::ReqBody>>(),
+        );
+        assert!(n <= 6144, "the request future grew to {n} bytes");
     }
 }
