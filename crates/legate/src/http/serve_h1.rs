@@ -604,8 +604,24 @@ fn poll_read_into<R: AsyncRead + Unpin>(
 async fn client_gone(io: &mut ClientIo, buf: &mut BytesMut) -> bool {
     if buf.capacity() == 0 {
         if let ClientIo::Plain(s) = io {
-            if s.readable().await.is_err() {
-                return true;
+            // Readiness left over from reading the head would take a buffer at once: read
+            // into the stack until the socket says it is drained, and take a buffer only for
+            // bytes that came.
+            loop {
+                if s.readable().await.is_err() {
+                    return true;
+                }
+                let mut first = [0u8; 256];
+                match s.try_read(&mut first) {
+                    Ok(0) => return true,
+                    Ok(n) => {
+                        *buf = bufpool::take_read();
+                        buf.extend_from_slice(&first[..n]);
+                        return false;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return true,
+                }
             }
         }
         *buf = bufpool::take_read();
