@@ -64,6 +64,44 @@ async fn host_is_rewritten_to_the_upstream_by_default_and_can_be_kept_or_set() {
     assert_eq!(r.echoed("host").unwrap(), "api.example.com");
 }
 
+/// The app's `Proxy-Authorization` is for legate, which asks for none: it is not passed on
+/// (that would hand the app's proxy secret to the upstream), unless the route says the next
+/// hop is a proxy that expects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authorization_stops_at_legate_unless_forwarded() {
+    let up = echo_upstream(Proto::H1).await;
+    let send = |addr| async move {
+        let mut c = Client::h1(addr).await;
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "localhost")
+            .header("proxy-authorization", "Basic YXBwOnByb3h5LXNlY3JldA==")
+            .header("authorization", "Bearer end-to-end")
+            .body(full(Bytes::new()))
+            .unwrap();
+        c.send(req).await
+    };
+    let legate = Legate::start(&config(up.addr, "", ""));
+    let r = send(legate.addr).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed("proxy-authorization"), None, "consumed by default");
+    assert_eq!(
+        r.echoed("authorization").as_deref(),
+        Some("Bearer end-to-end")
+    );
+
+    let fwd = Legate::start(&config(
+        up.addr,
+        "        forward_proxy_authorization: true",
+        "",
+    ));
+    let r = send(fwd.addr).await;
+    assert_eq!(
+        r.echoed("proxy-authorization").as_deref(),
+        Some("Basic YXBwOnByb3h5LXNlY3JldA==")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rules_apply_both_ways() {
     let up = echo_upstream(Proto::H1).await;

@@ -391,6 +391,11 @@ pub struct RouteConfig {
     /// Trace context for this route (overrides the listener's `tracing:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// Forward the app's `Proxy-Authorization` upstream. By default legate consumes it (it
+    /// asks for no proxy credentials itself, and forwarding them would hand the app's proxy
+    /// secret to the upstream); set this only when the next hop is a proxy that expects them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forward_proxy_authorization: bool,
 }
 
 fn default_route_timeout() -> ConfigDuration {

@@ -69,6 +69,7 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         retry: None,
         rate_limit: None,
         tracing: None,
+        forward_proxy_authorization: false,
     };
     if let Some(t) = q.timeout {
         route.timeout = t;

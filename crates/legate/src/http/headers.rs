@@ -16,14 +16,20 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Removes hop-by-hop headers, including those named in `Connection`. For an upgrade
 /// (WebSocket) request or a 101 response, `Connection: upgrade` and `Upgrade` are the point of
-/// the message and stay.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// the message and stay. `consume_proxy_auth`: a request's `Proxy-Authorization` is for the
+/// proxy it reaches (legate), not for the upstream (RFC 9110 §11.7.2).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, consume_proxy_auth: bool) {
     // Most messages carry none of these: one pass over the names beats a hash lookup per name.
-    let any = headers
-        .keys()
-        .any(|n| HOP_BY_HOP.contains(n) || n == header::TE);
+    let any = headers.keys().any(|n| {
+        HOP_BY_HOP.contains(n)
+            || n == header::TE
+            || consume_proxy_auth && n == header::PROXY_AUTHORIZATION
+    });
     if !any {
         return;
+    }
+    if consume_proxy_auth {
+        headers.remove(header::PROXY_AUTHORIZATION);
     }
     if let Some(conn) = headers.get(header::CONNECTION) {
         if let Ok(list) = conn.to_str() {
@@ -138,9 +144,28 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, true);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn proxy_authorization_is_consumed_unless_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic c2VjcmV0"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut forwarded = h.clone();
+        strip_hop_by_hop(&mut h, false, true);
+        assert!(!h.contains_key(header::PROXY_AUTHORIZATION), "{h:?}");
+        assert!(h.contains_key("x-keep"));
+        strip_hop_by_hop(&mut forwarded, false, false);
+        assert_eq!(
+            forwarded.get(header::PROXY_AUTHORIZATION).unwrap(),
+            "Basic c2VjcmV0"
+        );
     }
 
     #[test]
@@ -150,7 +175,7 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         assert!(is_upgrade_request(&h));
-        strip_hop_by_hop(&mut h, true);
+        strip_hop_by_hop(&mut h, true, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
         assert_eq!(h.get(header::TE).unwrap(), "trailers");

@@ -116,7 +116,11 @@ pub fn handle<'a>(
         let wants_upgrade = client_version == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = client_upgrade.filter(|_| wants_upgrade);
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, wants_upgrade);
+        strip_hop_by_hop(
+            &mut parts.headers,
+            wants_upgrade,
+            !route.forward_proxy_authorization,
+        );
         route.request_rules.apply(&mut parts.headers);
         for h in &route.file_headers {
             parts.headers.insert(h.header.clone(), h.value());
@@ -167,7 +171,7 @@ pub fn handle<'a>(
         }
         let (mut rparts, rbody) = resp.into_parts();
         rparts.version = client_version;
-        strip_hop_by_hop(&mut rparts.headers, switching);
+        strip_hop_by_hop(&mut rparts.headers, switching, false);
         route.response_rules.apply(&mut rparts.headers);
         let pool_return = if switching { None } else { pool_return };
         Response::from_parts(rparts, RespBody::upstream(rbody, pool_return, obs))

@@ -67,6 +67,8 @@ pub struct Route {
     /// "upstream request failed" at most once a second per route, with a count: a dead
     /// upstream must not write a line per request.
     pub failure_log: crate::telemetry::throttle::Throttle,
+    /// `forward_proxy_authorization`: otherwise `Proxy-Authorization` stops at legate.
+    pub forward_proxy_authorization: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,7 @@ impl Route {
             failure_log: crate::telemetry::throttle::Throttle::new(std::time::Duration::from_secs(
                 1,
             )),
+            forward_proxy_authorization: cfg.forward_proxy_authorization,
             retry: cfg.retry.as_ref().map(super::retry::RetryPolicy::new),
             rate_limit: cfg
                 .rate_limit
