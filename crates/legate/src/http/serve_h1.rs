@@ -197,17 +197,22 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
 /// drain is learnt from the worker's drain list (`server::drain`), not from a watch
 /// receiver's waiter, and only the idle timer is a future of its own.
 async fn idle(io: &mut ClientIo, settings: &Settings, list: drain::ListId) -> Option<BytesMut> {
+    if drain::is_draining(list) {
+        return None;
+    }
     let timer = tokio::time::sleep(settings.idle_timeout);
     tokio::pin!(timer);
     let mut listed = drain::Listed::new(list);
     loop {
         let mut first = [0u8; 16];
+        // A request that arrived with the drain is served (with `Connection: close`): closing
+        // with it unread would reset the connection under a request the client already sent.
         let waited = poll_fn(|cx| {
-            if listed.poll_draining(cx) {
-                return Poll::Ready(None);
-            }
             if let Poll::Ready(w) = poll_next_request(io, &mut first, cx) {
                 return Poll::Ready(Some(w));
+            }
+            if listed.poll_draining(cx) {
+                return Poll::Ready(None);
             }
             timer.as_mut().poll(cx).map(|()| None)
         })
@@ -589,6 +594,10 @@ fn poll_read_into<R: AsyncRead + Unpin>(
     let mut rb = ReadBuf::uninit(&mut chunk);
     match Pin::new(io).poll_read(cx, &mut rb) {
         Poll::Ready(Ok(())) => {
+            if buf.capacity() == 0 && !rb.filled().is_empty() {
+                // The exchange gave its buffer back while it waited: take a pooled one.
+                *buf = bufpool::take_read();
+            }
             buf.extend_from_slice(rb.filled());
             Poll::Ready(Ok(rb.filled().len()))
         }

@@ -202,9 +202,16 @@ pub async fn accept_loop(
     tracker: Arc<ConnTracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let list = crate::server::drain::new_list();
-    accept_until_stopped(a, &pools, &tracker, &mut shutdown, list).await;
-    crate::server::drain::drain(list);
+    // Drained however the loop ends (a panic included): the listener's connections must learn
+    // that it no longer accepts.
+    struct DrainOnExit(crate::server::drain::ListId);
+    impl Drop for DrainOnExit {
+        fn drop(&mut self) {
+            crate::server::drain::drain(self.0);
+        }
+    }
+    let list = DrainOnExit(crate::server::drain::new_list());
+    accept_until_stopped(a, &pools, &tracker, &mut shutdown, list.0).await;
 }
 
 async fn accept_until_stopped(

@@ -44,7 +44,9 @@ pub fn new_list() -> ListId {
 
 const UNLISTED: u32 = u32::MAX;
 
-/// A task's place in a drain list, taken at its first poll and left on drop.
+/// A task's place in a drain list, taken at its first poll and left on drop. Polled and
+/// dropped on the worker thread that created it (a worker's tasks never leave it: each worker
+/// is a current-thread runtime); on another thread the same id names another worker's list.
 pub struct Listed {
     list: ListId,
     slot: u32,
@@ -121,18 +123,23 @@ pub fn is_draining(list: ListId) -> bool {
 /// Marks `list` drained and wakes every task in it; returns how many there were. Tasks that
 /// take a place in it later learn it at their first poll.
 pub fn drain(list: ListId) -> usize {
-    let wakers: Vec<Waker> = LISTS.with(|l| {
-        let mut lists = l.borrow_mut();
-        let Some(l) = lists.get_mut(list.0 as usize) else {
-            return Vec::new();
-        };
-        l.draining = true;
-        l.free = Vec::new();
-        std::mem::take(&mut l.wakers)
-            .into_iter()
-            .flatten()
-            .collect()
-    });
+    // `try_with`: called from drops, possibly while the thread's locals are torn down.
+    let wakers: Vec<Waker> = LISTS
+        .try_with(|l| {
+            let Ok(mut lists) = l.try_borrow_mut() else {
+                return Vec::new();
+            };
+            let Some(l) = lists.get_mut(list.0 as usize) else {
+                return Vec::new();
+            };
+            l.draining = true;
+            l.free = Vec::new();
+            std::mem::take(&mut l.wakers)
+                .into_iter()
+                .flatten()
+                .collect()
+        })
+        .unwrap_or_default();
     let n = wakers.len();
     // Woken outside the borrow: a waker may run code that takes or leaves a place.
     for w in wakers {
