@@ -27,6 +27,8 @@ pub enum FramingError {
     LengthAndEncoding,
     #[error("Transfer-Encoding `{0}` does not end in chunked")]
     NotChunked(String),
+    #[error("Transfer-Encoding `{0}` applies chunked more than once")]
+    ChunkedTwice(String),
     #[error("unsupported transfer coding `{0}` (only chunked is)")]
     UnsupportedCoding(String),
     #[error("invalid chunk size line")]
@@ -137,6 +139,11 @@ pub fn response_framing(
         return Ok((Decoder::length(0), false));
     }
     if let Some(codings) = codings(h) {
+        // RFC 9112 §6.1: chunked is applied at most once; two parsers that stop at different
+        // ones disagree on where the message ends.
+        if codings.iter().filter(|c| *c == "chunked").count() > 1 {
+            return Err(FramingError::ChunkedTwice(codings.join(", ")));
+        }
         let suspicious = h.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10;
         return Ok(if codings.last().map(String::as_str) == Some("chunked") {
             (Decoder::chunked(), suspicious)
@@ -320,6 +327,12 @@ mod tests {
             FramingError::LengthAndEncoding.status(),
             StatusCode::BAD_REQUEST
         );
+        let twice = headers(&[("transfer-encoding", "chunked, chunked")]);
+        assert_eq!(
+            response_framing(false, Version::HTTP_11, StatusCode::OK, &twice).unwrap_err(),
+            FramingError::ChunkedTwice("chunked, chunked".into())
+        );
+        assert!(request_framing(&twice).is_err());
     }
 
     #[test]

@@ -291,6 +291,20 @@ fn attempt<'a>(
             }),
         };
         drop(inflight);
+        // A 101 answers only a request that asked to switch (RFC 9110 §15.2.2); forwarded to
+        // any other, it would tell the app its connection now speaks something else. Dropped
+        // unread, the upstream connection is closed, not pooled.
+        let result = match result {
+            Ok((resp, ..))
+                if !upgrade && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                Err(UpstreamError::BadResponse {
+                    endpoint: ep.addr,
+                    detail: "101 Switching Protocols to a request that asked for no upgrade".into(),
+                })
+            }
+            r => r,
+        };
         let Admitted {
             ep,
             admission,
