@@ -13,7 +13,7 @@ const LIMITS: HeadLimits = HeadLimits {
     max_headers: 100,
 };
 
-/// Where legate refuses what hyper takes, on purpose (see docs/security.md when it exists;
+/// Where legate refuses what hyper takes, on purpose (see docs/security.md;
 /// each is a request-smuggling or ambiguity pattern).
 const STRICTER: &[(&str, &str)] = &[
     (

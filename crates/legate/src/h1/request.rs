@@ -61,6 +61,29 @@ fn malformed(why: impl Into<String>) -> HeadError {
     HeadError::Malformed(why.into())
 }
 
+/// httparse's version error covers any request line it cannot read to its version: 505 only
+/// for a well-formed line naming a version legate does not speak (`HTTP/2.0`), 400 for a
+/// malformed line (a space inside the target, `HTTP/1`, `http/1.1`).
+fn version_error(bytes: &[u8]) -> HeadError {
+    let line_end = bytes
+        .iter()
+        .position(|b| *b == b'\r' || *b == b'\n')
+        .unwrap_or(bytes.len());
+    let parts: Vec<&[u8]> = bytes[..line_end].split(|b| *b == b' ').collect();
+    let well_formed_version = |v: &[u8]| {
+        v.len() == 8
+            && v.starts_with(b"HTTP/")
+            && v[5].is_ascii_digit()
+            && v[6] == b'.'
+            && v[7].is_ascii_digit()
+    };
+    if parts.len() == 3 && well_formed_version(parts[2]) {
+        HeadError::Version
+    } else {
+        malformed("invalid request line")
+    }
+}
+
 /// Header slots kept on the stack while parsing (4 KiB).
 const STACK_HEADERS: usize = 128;
 
@@ -95,7 +118,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError::TooManyHeaders(limits.max_headers))
         }
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => return Err(version_error(bytes)),
         Err(e) => return Err(malformed(e.to_string())),
     };
     if skip + len > limits.max_header_bytes {
@@ -109,6 +132,13 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
         _ => return Err(HeadError::Version),
     };
     let target = req.path.unwrap_or("");
+    // RFC 3986: a URI is visible ASCII; anything else is refused, not guessed at (RFC 9112
+    // §3.2: an "autocorrected" target is how security filters are bypassed).
+    if !target.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(malformed(
+            "request target holds characters a URI may not carry",
+        ));
+    }
     let uri: Uri = target
         .parse()
         .map_err(|_| malformed(format!("invalid request target `{target}`")))?;
@@ -144,6 +174,21 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
         } else {
             "HTTP/1.1 request without Host"
         }));
+    }
+    // RFC 9112 §3.2: a Host with an invalid value is a 400, like a missing or repeated one.
+    if let Some(h) = headers.get(header::HOST) {
+        let valid = h.is_empty()
+            || h.to_str()
+                .ok()
+                .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| !a.as_str().contains('@'));
+        if !valid {
+            return Err(malformed("invalid Host"));
+        }
+    }
+    // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
+    if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(malformed("Transfer-Encoding in an HTTP/1.0 request"));
     }
     let body = request_framing(&headers)?;
     let keep_alive = wants_keep_alive(version, &headers);

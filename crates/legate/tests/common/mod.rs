@@ -363,3 +363,86 @@ upstreams:
 "#
     )
 }
+
+/// Reads until `n` complete responses (by content-length or chunked end) or EOF.
+pub async fn read_responses(s: &mut tokio::net::TcpStream, n: usize) -> Vec<(u16, String, String)> {
+    let mut raw = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        while out.len() < n {
+            let Some((resp, used)) = parse_one(&raw) else {
+                break;
+            };
+            out.push(resp);
+            raw.drain(..used);
+        }
+        if out.len() == n {
+            return out;
+        }
+        let mut chunk = [0u8; 4096];
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(s, &mut chunk),
+        )
+        .await
+        .expect("legate answers")
+        .unwrap_or(0);
+        if got == 0 {
+            return out;
+        }
+        raw.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// One response from the start of `raw`: (status, head, body) and the bytes it took.
+pub fn parse_one(raw: &[u8]) -> Option<((u16, String, String), usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head_len = match r.parse(raw).ok()? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return None,
+    };
+    let status = r.code?;
+    let head = String::from_utf8_lossy(&raw[..head_len]).to_string();
+    let get = |name: &str| {
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
+    };
+    if status == 100 || status == 204 || status == 304 {
+        return Some(((status, head, String::new()), head_len));
+    }
+    if let Some(len) = get("content-length") {
+        let len: usize = len.parse().ok()?;
+        let end = head_len + len;
+        if raw.len() < end {
+            return None;
+        }
+        let body = String::from_utf8_lossy(&raw[head_len..end]).to_string();
+        return Some(((status, head, body), end));
+    }
+    if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut at = head_len;
+        let mut body = Vec::new();
+        loop {
+            let line_end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).ok()?, 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                let end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at + 2;
+                return Some((
+                    (status, head, String::from_utf8_lossy(&body).to_string()),
+                    end,
+                ));
+            }
+            if raw.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&raw[at..at + size]);
+            at += size + 2;
+        }
+    }
+    None
+}
