@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{config, echo_upstream, read_responses, Legate, Proto};
+use common::{config, echo_upstream, parse_one, read_responses, Legate, Proto};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -188,8 +188,53 @@ async fn closed(s: &mut TcpStream) -> bool {
     )
 }
 
+/// What any proxy at `addr` does with `bytes`: its answers (`fwd` for the upstream's 200,
+/// else the status) and whether it then closed the connection. For bench/framing.sh.
+async fn observe(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return "connect-failed".into();
+    };
+    if s.write_all(bytes).await.is_err() {
+        return "write-failed".into();
+    }
+    let (mut raw, mut closed) = (Vec::new(), false);
+    loop {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => raw.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    let mut seen = Vec::new();
+    let mut at = 0;
+    while let Some(((status, _, body), used)) = parse_one(&raw[at..]) {
+        at += used;
+        seen.push(if status == 200 && body.contains("\"uri\"") {
+            "fwd".to_string()
+        } else {
+            status.to_string()
+        });
+    }
+    if seen.is_empty() {
+        seen.push("none".into());
+    }
+    format!("{}{}", seen.join(","), if closed { " closed" } else { "" })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_case() {
+    // bench/framing.sh: run the corpus against another proxy and print what it did.
+    if let Ok(proxy) = std::env::var("CORPUS_PROXY") {
+        let addr: std::net::SocketAddr = proxy.parse().expect("CORPUS_PROXY is host:port");
+        for (name, bytes, _) in cases(addr.port()) {
+            println!("CASE\t{name}\t{}", observe(addr, bytes).await);
+        }
+        return;
+    }
     let up = echo_upstream(Proto::H1).await;
     let legate = Legate::start(&config(up.addr, "", ""));
     let cases = cases(legate.addr.port());
