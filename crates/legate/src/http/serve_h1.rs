@@ -1015,11 +1015,14 @@ mod tests {
 }
 
 #[cfg(test)]
-mod size_tests {
+pub(crate) mod size_tests {
     use super::{serve, ClientIo, ConnCtx, Settings};
     use std::sync::Arc;
 
-    fn future_size<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+    /// The size of the future a four-argument function returns, without calling it.
+    pub(crate) fn future_size<A, B, C, D, F: std::future::Future>(
+        _: impl FnOnce(A, B, C, D) -> F,
+    ) -> usize {
         std::mem::size_of::<F>()
     }
 

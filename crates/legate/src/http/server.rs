@@ -258,10 +258,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::is_h2_preface;
-
-    fn future_size<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::http::serve_h1::size_tests::future_size;
 
     /// A plain HTTP/1.1 connection's task is this future for the connection's life (its idle
     /// wait is what counts, see `serve_h1`): printed for docs/performance.md, bounded so that
