@@ -78,7 +78,7 @@ fn cases(port: u16) -> Vec<(&'static str, &'static [u8], Expect)> {
         ("length-zero", b"POST /z HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", Forward("/z")),
         ("same-length-twice", b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", ForwardOrRefuse(400)),
         ("bare-lf", b"GET /lf HTTP/1.1\nHost: x\n\n", ForwardOrRefuse(400)),
-        ("version-1.2", b"GET /v HTTP/1.2\r\nHost: x\r\n\r\n", ForwardOrRefuse(505)),
+        ("version-1.2", b"GET /v HTTP/1.2\r\nHost: x\r\n\r\n", Forward("/v")),
         ("pipelined-3", b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n", Pipelined(3)),
         ("body-then-request", b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n", Pipelined(2)),
         // Framing fields that disagree or cannot be read (RFC 9112 §6.3): 400, or 501 for a

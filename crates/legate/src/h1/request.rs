@@ -61,6 +61,25 @@ fn malformed(why: impl Into<String>) -> HeadError {
     HeadError::Malformed(why.into())
 }
 
+/// `bytes` with a request line naming `HTTP/1.x`, x > 1, rewritten to `HTTP/1.1`.
+fn as_http_11(bytes: &[u8]) -> Option<Vec<u8>> {
+    let line_end = bytes.iter().position(|b| *b == b'\r' || *b == b'\n')?;
+    let line = &bytes[..line_end];
+    let v = line.len().checked_sub(8)?;
+    let version = &line[v..];
+    let higher_minor = version.starts_with(b"HTTP/1.")
+        && version[7].is_ascii_digit()
+        && version[7] > b'1'
+        && line[..v].ends_with(b" ")
+        && line[..v].iter().filter(|b| **b == b' ').count() == 2;
+    if !higher_minor {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    out[line_end - 1] = b'1';
+    Some(out)
+}
+
 /// httparse's version error covers any request line it cannot read to its version: 505 only
 /// for a well-formed line naming a version legate does not speak (`HTTP/2.0`), 400 for a
 /// malformed line (a space inside the target, `HTTP/1`, `http/1.1`).
@@ -118,7 +137,19 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError::TooManyHeaders(limits.max_headers))
         }
-        Err(httparse::Error::Version) => return Err(version_error(bytes)),
+        Err(httparse::Error::Version) => {
+            // RFC 9110 §2.5: a higher minor version of HTTP/1 is processed as HTTP/1.1 (the
+            // head is parsed again with its version rewritten; rare, so the copy is too).
+            if let Some(as_11) = as_http_11(bytes) {
+                return parse(&as_11, limits).map(|h| {
+                    h.map(|mut h| {
+                        h.len += skip;
+                        h
+                    })
+                });
+            }
+            return Err(version_error(bytes));
+        }
         Err(e) => return Err(malformed(e.to_string())),
     };
     if skip + len > limits.max_header_bytes {
@@ -230,6 +261,23 @@ mod tests {
             Err(e) => e.status(),
             Ok(r) => panic!("{raw:?} accepted: {r:?}"),
         }
+    }
+
+    #[test]
+    fn a_higher_http_1_minor_version_is_read_as_1_1() {
+        let raw = b"\r\nGET /v HTTP/1.3\r\nHost: x\r\n\r\nrest";
+        let h = parse(raw, &LIMITS).unwrap().unwrap();
+        assert_eq!(h.request.version(), Version::HTTP_11);
+        assert_eq!(h.request.uri(), "/v");
+        assert_eq!(&raw[h.len..], b"rest");
+        assert_eq!(
+            parse(b"GET /v HTTP/2.0\r\nHost: x\r\n\r\n", &LIMITS).unwrap_err(),
+            HeadError::Version
+        );
+        assert!(matches!(
+            parse(b"GET /v HTTP/1.x\r\nHost: x\r\n\r\n", &LIMITS).unwrap_err(),
+            HeadError::Malformed(_)
+        ));
     }
 
     #[test]
