@@ -207,12 +207,13 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
         }));
     }
     // RFC 9112 §3.2: a Host with an invalid value is a 400, like a missing or repeated one.
+    // A byte-class check (RFC 3986 host and port characters; no userinfo), not a parse into an
+    // `Authority`, which would copy the value for every request.
     if let Some(h) = headers.get(header::HOST) {
-        let valid = h.is_empty()
-            || h.to_str()
-                .ok()
-                .and_then(|s| s.parse::<http::uri::Authority>().ok())
-                .is_some_and(|a| !a.as_str().contains('@'));
+        let valid = h
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(b));
         if !valid {
             return Err(malformed("invalid Host"));
         }
