@@ -10,6 +10,8 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h1;
 pub mod http;
 pub mod lifecycle;

@@ -378,6 +378,10 @@ pub struct RouteConfig {
     /// Time from the request's arrival until the upstream's response headers; 504 past it.
     #[serde(default = "default_route_timeout")]
     pub timeout: ConfigDuration,
+    /// Longest silence from the upstream in the middle of a response body; the client's
+    /// connection is cut past it (the head is already sent).
+    #[serde(default = "default_response_body_timeout")]
+    pub response_body_timeout: ConfigDuration,
     #[serde(default)]
     pub host_rewrite: HostRewrite,
     #[serde(default)]
@@ -400,6 +404,10 @@ pub struct RouteConfig {
 
 fn default_route_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(15)
+}
+
+fn default_response_body_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]

@@ -63,6 +63,7 @@ pub fn build(q: &QuickHttp) -> Result<Config, QuickError> {
         },
         upstream: "upstream".into(),
         timeout: ConfigDurationArg::from_secs(15),
+        response_body_timeout: ConfigDurationArg::from_secs(300),
         host_rewrite: HostRewrite::Upstream,
         request_headers,
         response_headers: HeaderRules::default(),

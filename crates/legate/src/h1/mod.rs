@@ -27,6 +27,10 @@ pub enum FramingError {
     LengthAndEncoding,
     #[error("Transfer-Encoding `{0}` does not end in chunked")]
     NotChunked(String),
+    #[error("Transfer-Encoding `{0}` has an empty list element")]
+    EmptyCoding(String),
+    #[error("Transfer-Encoding `{0}` has parameters (chunked takes none)")]
+    CodingParameters(String),
     #[error("Transfer-Encoding `{0}` applies chunked more than once")]
     ChunkedTwice(String),
     #[error("unsupported transfer coding `{0}` (only chunked is)")]
@@ -105,6 +109,30 @@ pub fn request_framing(h: &HeaderMap) -> Result<Decoder, FramingError> {
         Some(codings) => {
             if length.is_some() {
                 return Err(FramingError::LengthAndEncoding);
+            }
+            // RFC 9110 §5.6.1 lets a recipient ignore empty list elements (`chunked,`), but
+            // hyper and nginx refuse them in a request's Transfer-Encoding, and a value two
+            // parsers may read differently is how requests are smuggled: refused (found by
+            // fuzzing against hyper).
+            if let Some(v) = h.get_all(header::TRANSFER_ENCODING).iter().find(|v| {
+                v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|e| e.iter().all(|b| *b == b' ' || *b == b'\t'))
+            }) {
+                return Err(FramingError::EmptyCoding(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
+            }
+            // Nor `chunked;` or `chunked;x=1`: chunked has no parameters, hyper and nginx refuse
+            // them (found by fuzzing against hyper).
+            if let Some(v) = h
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .find(|v| v.as_bytes().contains(&b';'))
+            {
+                return Err(FramingError::CodingParameters(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
             }
             let text = codings.join(", ");
             if codings.last().map(String::as_str) != Some("chunked") {
@@ -333,6 +361,35 @@ mod tests {
             FramingError::ChunkedTwice("chunked, chunked".into())
         );
         assert!(request_framing(&twice).is_err());
+    }
+
+    #[test]
+    fn a_request_coding_list_with_an_empty_element_or_parameters_is_refused() {
+        for v in [
+            "chunked,",
+            ", chunked",
+            "chunked, ,chunked",
+            "gzip,,chunked",
+        ] {
+            let h = headers(&[("transfer-encoding", v)]);
+            assert_eq!(
+                request_framing(&h).unwrap_err(),
+                FramingError::EmptyCoding(v.into()),
+                "{v}"
+            );
+        }
+        for v in ["chunked;", "chunked;a=b", "gzip;q=1, chunked"] {
+            let h = headers(&[("transfer-encoding", v)]);
+            assert_eq!(
+                request_framing(&h).unwrap_err(),
+                FramingError::CodingParameters(v.into()),
+                "{v}"
+            );
+        }
+        // A response's is read as the RFC allows (empty elements ignored).
+        let h = headers(&[("transfer-encoding", "chunked, ")]);
+        let (framing, _) = response_framing(false, Version::HTTP_11, StatusCode::OK, &h).unwrap();
+        assert_eq!(framing, Decoder::chunked());
     }
 
     #[test]

@@ -109,11 +109,19 @@ const STACK_HEADERS: usize = 128;
 /// A request head from the start of `buf`: `Ok(None)` while incomplete (read more, unless the
 /// buffer already holds `max_header_bytes`).
 pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, HeadError> {
-    // RFC 9112 §2.2: empty lines before the request line are ignored.
-    let skip = buf
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .unwrap_or(buf.len());
+    // RFC 9112 §2.2: empty lines (CRLF, or a bare LF) before the request line are ignored. A
+    // bare CR is no line ending: it stays and is refused with the line it starts (found by
+    // fuzzing against hyper, which refuses it too).
+    let mut skip = 0;
+    while let Some(rest) = buf.get(skip..) {
+        if rest.starts_with(b"\r\n") {
+            skip += 2;
+        } else if rest.starts_with(b"\n") {
+            skip += 1;
+        } else {
+            break;
+        }
+    }
     let bytes = &buf[skip..];
     // The header slots on the stack for the usual limits (the default is 100): a heap
     // allocation per parse only for a listener that allows more.
@@ -279,6 +287,21 @@ mod tests {
             parse(b"GET /v HTTP/1.x\r\nHost: x\r\n\r\n", &LIMITS).unwrap_err(),
             HeadError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn only_empty_lines_are_skipped_before_the_request_line() {
+        let h = ok("\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(h.len, "\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".len());
+        // A bare CR ends no line (found by fuzzing; hyper refuses it too).
+        assert_eq!(
+            err("\r\rGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            err("\rGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

@@ -6,10 +6,12 @@ use crate::upstream::pool::PoolReturn;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 /// A request body as the client sent it: read by legate's own HTTP/1.1 server, or by hyper's
 /// HTTP/2 server.
@@ -254,8 +256,55 @@ enum Kind {
     Upstream {
         inner: UpBody,
         pool: Option<PoolReturn>,
+        stall: Stall,
     },
     Local(Option<Bytes>),
+}
+
+/// The route's `response_body_timeout`: the longest the upstream may leave a started body
+/// without a new byte (nginx's `proxy_read_timeout`, Envoy's stream idle timeout). Without it an
+/// upstream that sends the head and stalls holds the app's request forever.
+///
+/// The timer is armed the first time the body is not ready and re-armed only when it fires
+/// after progress, not on every frame: a large body pays one timer per period, not one reset
+/// per read. A client that reads slowly cannot trip it: the upstream's bytes wait in the socket
+/// meanwhile, and the first poll after the client catches up finds them.
+struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
+}
+
+/// The upstream sent nothing for `response_body_timeout` in the middle of a body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no body bytes for {0:?} (response_body_timeout)")]
+pub struct BodyStalled(Duration);
+
+impl Stall {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            timer: None,
+            progressed: false,
+        }
+    }
+
+    /// Called when the body is not ready: `Ready` once the upstream has been silent too long.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<BodyStalled> {
+        loop {
+            let timeout = self.timeout;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            ready!(timer.as_mut().poll(cx));
+            if !std::mem::take(&mut self.progressed) {
+                return Poll::Ready(BodyStalled(self.timeout));
+            }
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+        }
+    }
 }
 
 /// What legate sends back to the client. When it ends (or is dropped early because the client
@@ -269,9 +318,18 @@ pub struct RespBody {
 }
 
 impl RespBody {
-    pub fn upstream(inner: UpBody, pool: Option<PoolReturn>, observe: Observe) -> Self {
+    pub fn upstream(
+        inner: UpBody,
+        pool: Option<PoolReturn>,
+        observe: Observe,
+        body_timeout: Duration,
+    ) -> Self {
         let mut b = Self {
-            kind: Kind::Upstream { inner, pool },
+            kind: Kind::Upstream {
+                inner,
+                pool,
+                stall: Stall::new(body_timeout),
+            },
             observe: Some(observe),
             bytes: 0,
             complete: false,
@@ -325,7 +383,19 @@ impl Body for RespBody {
         let this = self.get_mut();
         let frame = match &mut this.kind {
             Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Upstream { inner, .. } => ready!(inner.poll(cx)),
+            Kind::Upstream { inner, stall, .. } => match inner.poll(cx) {
+                Poll::Ready(frame) => {
+                    stall.progressed = true;
+                    frame
+                }
+                Poll::Pending => {
+                    let stalled = ready!(stall.poll_expired(cx));
+                    if let Some(o) = this.observe.as_mut() {
+                        o.body_error_reason = "response-body-timeout";
+                    }
+                    Some(Err(stalled.into()))
+                }
+            },
         };
         match &frame {
             Some(Ok(f)) => {

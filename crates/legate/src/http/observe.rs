@@ -36,6 +36,8 @@ pub struct Observe {
     pub endpoint: Option<SocketAddr>,
     pub error: Option<&'static str>,
     pub body_error: Option<String>,
+    /// The `reason` a body error is counted and logged under.
+    pub body_error_reason: &'static str,
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Tries sent upstream (1 + retries); 0 when legate answered without trying.
     pub attempts: u32,
@@ -72,6 +74,7 @@ impl Observe {
             endpoint: None,
             error: None,
             body_error: None,
+            body_error_reason: "response-body-error",
             bytes_in: None,
             attempts: 0,
             replay_skipped: false,
@@ -122,7 +125,8 @@ impl Observe {
             None => &self.listener.unrouted,
         };
         route_metrics.record(self.status, elapsed.as_secs_f64());
-        if let Some(reason) = self.error {
+        let body_reason = self.body_error.as_ref().map(|_| self.body_error_reason);
+        if let Some(reason) = self.error.or(body_reason) {
             self.listener
                 .metrics
                 .local_error(&route_metrics.labels, reason);
@@ -131,9 +135,7 @@ impl Observe {
             return;
         };
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let error = self
-            .error
-            .or(self.body_error.as_deref().map(|_| "response-body-error"));
+        let error = self.error.or(body_reason);
         let request_id = self
             .request_id
             .as_ref()
@@ -147,9 +149,7 @@ impl Observe {
                 route: self.route.as_ref().map(|r| &*r.name).unwrap_or(""),
                 upstream: self.route.as_ref().map(|r| &*r.upstream.name).unwrap_or(""),
                 status: self.status,
-                error: self
-                    .error
-                    .or(self.body_error.as_deref().map(|_| "response-body-error")),
+                error,
                 attempts: self.attempts,
                 request_id,
             });

@@ -174,7 +174,10 @@ pub fn handle<'a>(
         strip_hop_by_hop(&mut rparts.headers, switching, false);
         route.response_rules.apply(&mut rparts.headers);
         let pool_return = if switching { None } else { pool_return };
-        Response::from_parts(rparts, RespBody::upstream(rbody, pool_return, obs))
+        Response::from_parts(
+            rparts,
+            RespBody::upstream(rbody, pool_return, obs, route.response_body_timeout),
+        )
     }
 }
 

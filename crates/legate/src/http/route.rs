@@ -54,6 +54,8 @@ pub struct Route {
     pub matcher: Matcher,
     pub upstream: Arc<Upstream>,
     pub timeout: Duration,
+    /// Longest silence from the upstream in the middle of a response body.
+    pub response_body_timeout: Duration,
     pub host: HostPolicy,
     pub request_rules: CompiledRules,
     pub response_rules: CompiledRules,
@@ -138,6 +140,7 @@ impl Route {
             },
             upstream,
             timeout: cfg.timeout.get(),
+            response_body_timeout: cfg.response_body_timeout.get(),
             host,
             request_rules: CompiledRules::compile(&cfg.request_headers)
                 .map_err(|e| err(e.to_string()))?,

@@ -31,16 +31,20 @@ pub fn read_secret(path: &Path) -> Result<String, TlsError> {
 
 /// Every certificate in a PEM file, in order (leaf first for a chain).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(&read(path)?, path)
+}
+
+/// Every certificate in PEM text; `file` names the source in errors.
+pub fn parse_certs(bytes: &[u8], file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
             detail: e.to_string(),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
         });
     }
     Ok(certs)
@@ -48,13 +52,17 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The private key in a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    parse_key(&read(path)?, path)
+}
+
+/// The first private key in PEM text; `file` names the source in errors.
+pub fn parse_key(bytes: &[u8], file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
         },
         other => TlsError::Pem {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
             detail: other.to_string(),
         },
     })
@@ -120,18 +128,27 @@ pub fn read_pkcs12(
         Some(p) => read_secret(p)?,
         None => String::new(),
     };
-    let store = p12_keystore::KeyStore::from_pkcs12(&bytes, &password).map_err(|e| match e {
+    parse_pkcs12(&bytes, &password, path)
+}
+
+/// Certificate chain and key from PKCS#12 bytes; `file` names the source in errors.
+pub fn parse_pkcs12(
+    bytes: &[u8],
+    password: &str,
+    file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let store = p12_keystore::KeyStore::from_pkcs12(bytes, password).map_err(|e| match e {
         p12_keystore::error::Error::MacError(_) => TlsError::Pkcs12Password {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
         },
         other => TlsError::Pkcs12 {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
             detail: other.to_string(),
         },
     })?;
     let Some((_, chain)) = store.private_key_chain() else {
         return Err(TlsError::NoKey {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
         });
     };
     let certs: Vec<CertificateDer<'static>> = chain
@@ -141,7 +158,7 @@ pub fn read_pkcs12(
         .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
         });
     }
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(chain.key().to_vec()));
@@ -222,8 +239,21 @@ pub fn load_identity(src: &KeySource) -> Result<Identity, TlsError> {
             (c, k, file.clone())
         }
     };
-    let cert_file = src.cert_file().to_path_buf();
-    let leaf = CertInfo::parse(&chain[0]).map_err(|detail| TlsError::Pem {
+    identity(chain, &key, src.cert_file(), &key_file)
+}
+
+/// A chain and key checked as `load_identity` checks them; the paths name them in errors.
+pub fn identity(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Identity, TlsError> {
+    let (cert_file, key_file) = (cert_file.to_path_buf(), key_file.to_path_buf());
+    let Some(first) = chain.first() else {
+        return Err(TlsError::NoCertificate { file: cert_file });
+    };
+    let leaf = CertInfo::parse(first).map_err(|detail| TlsError::Pem {
         file: cert_file.clone(),
         detail,
     })?;
@@ -233,7 +263,7 @@ pub fn load_identity(src: &KeySource) -> Result<Identity, TlsError> {
             problem,
         });
     }
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
+    let signer = rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
         TlsError::UnsupportedKey {
             file: key_file.clone(),
             detail: e.to_string(),

@@ -133,7 +133,7 @@ impl H1Conn {
         }
         let head_request = req.method() == Method::HEAD;
         loop {
-            match self.parse_head(head_request) {
+            match parse_response_head(&mut self.buf, head_request) {
                 Ok(Some(Parsed::Informational)) => continue,
                 Ok(Some(Parsed::Final(resp, framing, keep_alive))) => {
                     let mut body = H1Body {
@@ -178,62 +178,65 @@ impl H1Conn {
             }
         }
     }
-
-    /// A complete response head from the buffer, if there is one.
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<Parsed>, Error> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut slots);
-        let len = match r.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                if self.buf.len() > MAX_HEAD {
-                    return Err(Error::Protocol(format!(
-                        "response head larger than {MAX_HEAD} bytes"
-                    )));
-                }
-                return Ok(None);
-            }
-            Err(e) => return Err(Error::Protocol(e.to_string())),
-        };
-        let code = r.code.unwrap_or(0);
-        let status =
-            StatusCode::from_u16(code).map_err(|_| Error::Protocol(format!("status {code}")))?;
-        let version = if r.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            self.buf.advance(len);
-            return Ok(Some(Parsed::Informational));
-        }
-        // One copy of the head; every header value is a slice of it, not an allocation of its
-        // own.
-        let head = Bytes::copy_from_slice(&self.buf[..len]);
-        let base = self.buf.as_ptr() as usize;
-        let mut headers = HeaderMap::with_capacity(r.headers.len());
-        for h in r.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| Error::Protocol("invalid header name".into()))?;
-            let at = h.value.as_ptr() as usize - base;
-            let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
-                .map_err(|_| Error::Protocol(format!("invalid value for `{name}`")))?;
-            headers.append(name, value);
-        }
-        self.buf.advance(len);
-        let (framing, close_delimited) =
-            crate::h1::response_framing(head_request, version, status, &headers)
-                .map_err(|e| Error::Protocol(e.to_string()))?;
-        let keep_alive = !close_delimited && crate::h1::wants_keep_alive(version, &headers);
-        let mut resp = Response::new(());
-        *resp.status_mut() = status;
-        *resp.version_mut() = version;
-        *resp.headers_mut() = headers;
-        Ok(Some(Parsed::Final(resp, framing, keep_alive)))
-    }
 }
 
-enum Parsed {
+/// A complete response head from the start of `buf` (taken out of it), if there is one.
+pub(crate) fn parse_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<Parsed>, Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut slots);
+    let len = match r.parse(&buf[..]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD {
+                return Err(Error::Protocol(format!(
+                    "response head larger than {MAX_HEAD} bytes"
+                )));
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::Protocol(e.to_string())),
+    };
+    let code = r.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| Error::Protocol(format!("status {code}")))?;
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        buf.advance(len);
+        return Ok(Some(Parsed::Informational));
+    }
+    // One copy of the head; every header value is a slice of it, not an allocation of its
+    // own.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Error::Protocol("invalid header name".into()))?;
+        let at = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
+            .map_err(|_| Error::Protocol(format!("invalid value for `{name}`")))?;
+        headers.append(name, value);
+    }
+    buf.advance(len);
+    let (framing, close_delimited) =
+        crate::h1::response_framing(head_request, version, status, &headers)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+    let keep_alive = !close_delimited && crate::h1::wants_keep_alive(version, &headers);
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(Parsed::Final(resp, framing, keep_alive)))
+}
+
+pub(crate) enum Parsed {
     Informational,
     Final(Response<()>, Decoder, bool),
 }
@@ -241,7 +244,7 @@ enum Parsed {
 /// The request line, headers and (in-memory) body as one buffer: one write.
 /// The request head (and an in-memory body); `extra` appends whole `name: value\r\n` lines to
 /// the header block (the trace headers).
-fn encode(
+pub(crate) fn encode(
     req: &Request<crate::http::body::ReqBody>,
     extra: &(dyn Fn(&mut Vec<u8>) + Sync),
 ) -> Vec<u8> {
