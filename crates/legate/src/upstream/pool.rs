@@ -22,7 +22,10 @@ type Key = (usize, SocketAddr);
 struct Idle {
     h1: Vec<(http1::SendRequest<ReqBody>, Instant)>,
     fast: Vec<(H1Conn, Instant)>,
-    h2: Option<http2::SendRequest<ReqBody>>,
+    /// The shared HTTP/2 connection and when a request last took it: the pool lets go of it
+    /// after `idle_timeout` without a request (streams still running finish on it, then it
+    /// closes), as it does with idle HTTP/1.1 connections.
+    h2: Option<(http2::SendRequest<ReqBody>, Instant)>,
     idle_timeout: Duration,
     /// Requests of this worker waiting for a connection (the upstream at `max_connections`),
     /// first come first served: a connection given back goes to them before the pool.
@@ -174,13 +177,14 @@ impl Pools {
     fn take(&self, key: Key, idle_timeout: Duration, fast: bool) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let entry = idle.iter_mut().find(|(k, _)| *k == key).map(|(_, e)| e)?;
-        if let Some(h2) = &entry.h2 {
+        let now = Instant::now();
+        if let Some((h2, used)) = &mut entry.h2 {
             if !h2.is_closed() {
+                *used = now;
                 return Some(Sender::H2(h2.clone()));
             }
             entry.h2 = None;
         }
-        let now = Instant::now();
         if fast {
             // LIFO: the most recently used connection is the most likely to be alive.
             while let Some((mut conn, since)) = entry.fast.pop() {
@@ -206,7 +210,7 @@ impl Pools {
             for w in entry.waiters.drain(..) {
                 let _ = w.tx.send(Sender::H2(tx.clone()));
             }
-            entry.h2 = Some(tx);
+            entry.h2 = Some((tx, Instant::now()));
         }
     }
 
@@ -231,7 +235,10 @@ impl Pools {
                 e.fast.retain_mut(|(conn, since)| {
                     now.duration_since(*since) < timeout && conn.is_reusable()
                 });
-                if e.h2.as_ref().is_some_and(|h| h.is_closed()) {
+                if e.h2
+                    .as_ref()
+                    .is_some_and(|(h, used)| h.is_closed() || now.duration_since(*used) >= timeout)
+                {
                     e.h2 = None;
                 }
                 e.waiters.retain(|w| !w.tx.is_closed());
