@@ -26,7 +26,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pki::Ca;
 use proc::{free_port, http_get, legate_spawn, local, require_tool, wait_for, wait_ready, TempDir};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
