@@ -1,7 +1,11 @@
-//! Overload with the real binary: legate out of file descriptors. Accepting fails (EMFILE)
-//! while connections hold every descriptor; legate must back off instead of spinning on the
-//! always-readable listening socket, say so at a bounded rate, and serve again as soon as
-//! descriptors come free.
+//! Overload with the real binary:
+//! - out of file descriptors: accepting fails (EMFILE) while connections hold every
+//!   descriptor; legate must back off instead of spinning on the always-readable listening
+//!   socket, say so at a bounded rate, and serve again as soon as descriptors come free;
+//! - 10,000 client connections held open at once, each after one request, legate's own
+//!   open-files limit raised from a low soft limit;
+//! - a listener's `max_connections` reached: new connections refused at once, `/ready` 503,
+//!   and both back once connections close.
 
 #[path = "support/proc.rs"]
 mod proc;
@@ -41,12 +45,15 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     let (port, admin) = (free_port(), free_port());
     // Soft and hard limit both (dash's `ulimit` sets both): legate cannot raise it.
     let script = format!(
-        "ulimit -n 64 && exec {bin} http --listen 127.0.0.1:{port} --upstream http://{dead} \
+        "ulimit -n 256 && exec {bin} http --listen 127.0.0.1:{port} --upstream http://{dead} \
          --admin 127.0.0.1:{admin} --access-log off --workers 1",
         bin = legate_bin()
     );
-    let mut lg = Proc::spawn("legate (64 fds)", Command::new("sh").arg("-c").arg(&script))
-        .expect("spawn sh");
+    let mut lg = Proc::spawn(
+        "legate (256 fds)",
+        Command::new("sh").arg("-c").arg(&script),
+    )
+    .expect("spawn sh");
     wait_ready(&mut lg, admin);
     let answered = |timeout| {
         http_get(local(port), "/", timeout)
@@ -58,7 +65,7 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     // Connections that send nothing: each one accepted takes a descriptor (its HTTP/2 sniff
     // waits up to header_read_timeout), until there are none left; the rest wait in the
     // listen queue.
-    let held: Vec<TcpStream> = (0..100)
+    let held: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(local(port)).expect("connect (the kernel queues it)"))
         .collect();
     wait_for(
@@ -103,4 +110,206 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     lg.signal("TERM");
     let code = lg.wait_exit(Duration::from_secs(20)).and_then(|s| s.code());
     assert_eq!(code, Some(0), "{}", lg.output_report());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// An upstream answering `200 ok` to every request on every connection (thread per
+/// connection: legate opens few).
+fn ok_upstream() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One keep-alive request on `c`; the status.
+fn request(c: &mut TcpStream) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"ok")) {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got[9..12]).parse().unwrap_or(0))
+}
+
+#[test]
+fn ten_thousand_connections_are_held_with_a_raised_open_files_limit() {
+    const HELD: usize = 10_000;
+    // This test's own descriptors: its 10,000 client sockets.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(
+        lim.rlim_max >= HELD as u64 + 1000,
+        "this test needs `ulimit -Hn` ≥ {} (it is {})",
+        HELD + 1000,
+        lim.rlim_max
+    );
+    let up = ok_upstream();
+    let (port, admin) = (free_port(), free_port());
+    // A soft limit of 1024, as many runtimes start with; the hard limit stays: legate raises
+    // its soft limit to it.
+    let script = format!(
+        "ulimit -Sn 1024 && exec {bin} http --listen 127.0.0.1:{port} --upstream http://{up} \
+         --admin 127.0.0.1:{admin} --access-log off",
+        bin = legate_bin()
+    );
+    let mut lg = Proc::spawn(
+        "legate (soft limit 1024)",
+        Command::new("sh").arg("-c").arg(&script),
+    )
+    .expect("spawn sh");
+    wait_ready(&mut lg, admin);
+    assert!(
+        lg.stdout_lines().iter().any(|l| l
+            .contains("raised the open-files limit to its hard limit")
+            && l.contains("\"from\":1024")),
+        "legate says it raised its limit: {}",
+        lg.output_report()
+    );
+    let before = rss_kib(lg.pid());
+    let mut held = Vec::with_capacity(HELD);
+    for i in 0..HELD {
+        let mut c =
+            TcpStream::connect(local(port)).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(
+            request(&mut c).unwrap_or_else(|e| panic!("request {i}: {e}")),
+            200
+        );
+        held.push(c);
+    }
+    let after = rss_kib(lg.pid());
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", lg.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    // Every held connection still works, and a new one is served.
+    for c in held.iter_mut().step_by(997) {
+        assert_eq!(request(c).expect("a held connection answers"), 200);
+    }
+    assert_eq!(
+        http_get(local(port), "/", Duration::from_secs(10))
+            .map(|r| r.status)
+            .ok(),
+        Some(200)
+    );
+    eprintln!(
+        "{HELD} idle connections held: RSS {before} KiB before, {after} KiB after \
+         ({:.0} B per connection), {fds} descriptors open",
+        (after.saturating_sub(before) * 1024) as f64 / HELD as f64
+    );
+    assert!(fds > HELD, "{fds} descriptors for {HELD} connections");
+    drop(held);
+    lg.signal("TERM");
+    let code = lg.wait_exit(Duration::from_secs(30)).and_then(|s| s.code());
+    assert_eq!(code, Some(0), "{}", lg.output_report());
+}
+
+#[test]
+fn a_listener_at_max_connections_refuses_new_ones_and_is_not_ready() {
+    let up = ok_upstream();
+    let (port, admin) = (free_port(), free_port());
+    let dir = proc::TempDir::new("overload-max-conns");
+    let cfg = dir.write(
+        "legate.yaml",
+        format!(
+            "admin: {{ listen: 127.0.0.1:{admin} }}\naccess_log: off\n\
+             listeners:\n  - name: app\n    listen: 127.0.0.1:{port}\n    max_connections: 50\n\
+             \x20   routes: [{{ name: r, upstream: up }}]\n\
+             upstreams:\n  - name: up\n    endpoints: [\"{up}\"]\n"
+        ),
+    );
+    let mut lg = proc::legate_spawn("legate", &["run", "-c", cfg.to_str().unwrap()]);
+    wait_ready(&mut lg, admin);
+    let ready = || {
+        http_get(local(admin), "/ready", Duration::from_secs(5))
+            .map(|r| r.status)
+            .ok()
+    };
+    let mut held: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut c = TcpStream::connect(local(port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(request(&mut c).unwrap(), 200);
+            c
+        })
+        .collect();
+    assert_eq!(
+        ready(),
+        Some(503),
+        "a listener at max_connections is not ready"
+    );
+    // Over the limit: closed at once, not queued, not answered.
+    let mut over = TcpStream::connect(local(port)).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        request(&mut over).is_err(),
+        "the 51st connection is refused"
+    );
+    let metrics = http_get(local(admin), "/metrics", Duration::from_secs(5)).unwrap();
+    let refused = proc::metric_sum(
+        &proc::parse_metrics(&String::from_utf8_lossy(&metrics.body)),
+        "legate_listener_connections_refused_total",
+    );
+    assert!(refused >= Some(1.0), "{refused:?}");
+    // The held ones still work; once some close, new ones are taken and /ready recovers.
+    assert_eq!(request(&mut held[0]).unwrap(), 200);
+    held.truncate(40);
+    wait_for("ready again", Duration::from_secs(10), || {
+        (ready() == Some(200))
+            .then_some(())
+            .ok_or("not yet".to_string())
+    });
+    let mut again = TcpStream::connect(local(port)).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(request(&mut again).unwrap(), 200);
 }
