@@ -58,22 +58,62 @@ impl FramingError {
     }
 }
 
+/// Which of the fields that decide framing and keep-alive a head has, noted while its
+/// headers are built: a head without them (most requests have none; most responses only
+/// `Content-Length` and `Connection`) costs no lookup for them (each hashes the name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub hosts: u8,
+    pub content_length: bool,
+    pub transfer_encoding: bool,
+    pub connection: bool,
+    pub expect: bool,
+}
+
+impl Seen {
+    pub fn note(&mut self, name: &http::HeaderName) {
+        if name == header::HOST {
+            self.hosts = self.hosts.saturating_add(1);
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        }
+    }
+
+    /// What a finished map has.
+    pub fn of(h: &HeaderMap) -> Self {
+        let mut seen = Seen::default();
+        for name in h.keys() {
+            // `keys` gives each name once: count the Host values.
+            if name == header::HOST {
+                seen.hosts = h.get_all(header::HOST).iter().count().min(255) as u8;
+            } else {
+                seen.note(name);
+            }
+        }
+        seen
+    }
+}
+
 /// The Content-Length of a message: every value (and every comma-separated part) the same
 /// decimal number, digits only (no sign, no spaces inside).
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, FramingError> {
     let mut length = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
-        let text = v
-            .to_str()
-            .map_err(|_| FramingError::InvalidLength("(not text)".into()))?;
-        for part in text.split(',') {
-            let part = part.trim_matches([' ', '\t']);
-            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(FramingError::InvalidLength(part.to_string()));
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let part = trim_ows(part);
+            let invalid =
+                || FramingError::InvalidLength(String::from_utf8_lossy(part).into_owned());
+            // 19 digits always fit in a u64 (20 may not): longer is refused, not wrapped.
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(invalid());
             }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| FramingError::InvalidLength(part.to_string()))?;
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             if length.is_some_and(|l| l != n) {
                 return Err(FramingError::ConflictingLength);
             }
@@ -81,6 +121,14 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, FramingError> {
         }
     }
     Ok(length)
+}
+
+/// `bytes` without leading and trailing spaces and tabs (RFC 9110 §5.6.3 OWS).
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !ows(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+    &bytes[start..end]
 }
 
 /// The transfer codings named, in order, lower-cased.
@@ -104,8 +152,25 @@ fn codings(h: &HeaderMap) -> Option<Vec<String>> {
 /// allows a choice: Transfer-Encoding with Content-Length is refused rather than resolved, as
 /// a front end and a back end that resolve it differently is how requests are smuggled.
 pub fn request_framing(h: &HeaderMap) -> Result<Decoder, FramingError> {
-    let length = content_length(h)?;
-    match codings(h) {
+    request_framing_seen(h, &Seen::of(h))
+}
+
+/// `request_framing` for a head whose fields were noted in `seen` as it was built.
+pub fn request_framing_seen(h: &HeaderMap, seen: &Seen) -> Result<Decoder, FramingError> {
+    if !seen.content_length && !seen.transfer_encoding {
+        return Ok(Decoder::length(0));
+    }
+    let length = if seen.content_length {
+        content_length(h)?
+    } else {
+        None
+    };
+    let codings = if seen.transfer_encoding {
+        codings(h)
+    } else {
+        None
+    };
+    match codings {
         Some(codings) => {
             if length.is_some() {
                 return Err(FramingError::LengthAndEncoding);
@@ -159,6 +224,17 @@ pub fn response_framing(
     status: StatusCode,
     h: &HeaderMap,
 ) -> Result<(Decoder, bool), FramingError> {
+    response_framing_seen(head_request, version, status, h, &Seen::of(h))
+}
+
+/// `response_framing` for a head whose fields were noted in `seen` as it was built.
+pub fn response_framing_seen(
+    head_request: bool,
+    version: Version,
+    status: StatusCode,
+    h: &HeaderMap,
+    seen: &Seen,
+) -> Result<(Decoder, bool), FramingError> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -166,38 +242,52 @@ pub fn response_framing(
     {
         return Ok((Decoder::length(0), false));
     }
-    if let Some(codings) = codings(h) {
+    if let Some(codings) = seen.transfer_encoding.then(|| codings(h)).flatten() {
         // RFC 9112 §6.1: chunked is applied at most once; two parsers that stop at different
         // ones disagree on where the message ends.
         if codings.iter().filter(|c| *c == "chunked").count() > 1 {
             return Err(FramingError::ChunkedTwice(codings.join(", ")));
         }
-        let suspicious = h.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10;
+        let suspicious = seen.content_length || version == Version::HTTP_10;
         return Ok(if codings.last().map(String::as_str) == Some("chunked") {
             (Decoder::chunked(), suspicious)
         } else {
             (Decoder::until_close(), true)
         });
     }
-    Ok(match content_length(h)? {
+    let length = if seen.content_length {
+        content_length(h)?
+    } else {
+        None
+    };
+    Ok(match length {
         Some(n) => (Decoder::length(n), false),
         None => (Decoder::until_close(), true),
     })
 }
 
+/// `wants_keep_alive` for a head whose fields were noted in `seen`.
+pub fn wants_keep_alive_seen(version: Version, headers: &HeaderMap, seen: &Seen) -> bool {
+    if seen.connection {
+        wants_keep_alive(version, headers)
+    } else {
+        version != Version::HTTP_10
+    }
+}
+
 /// Whether the sender of a message with `version` and these headers keeps the connection open.
 pub fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
+    let has = |token: &[u8]| {
         headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| trim_ows(t).eq_ignore_ascii_case(token))
         })
     };
     if version == Version::HTTP_10 {
-        has("keep-alive")
+        has(b"keep-alive")
     } else {
-        !has("close")
+        !has(b"close")
     }
 }
 

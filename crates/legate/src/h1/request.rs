@@ -3,7 +3,7 @@
 //! limits a listener sets. What it refuses is answered 400, 431, 501 or 505 and the connection
 //! closed; nothing half-parsed goes upstream.
 
-use super::{request_framing, wants_keep_alive, Decoder, FramingError};
+use super::{request_framing_seen, wants_keep_alive_seen, Decoder, FramingError, Seen};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -103,6 +103,25 @@ fn version_error(bytes: &[u8]) -> HeadError {
     }
 }
 
+/// The bytes a Host may hold (RFC 3986 host and port characters; no userinfo): one load per
+/// byte instead of a search of the list.
+const HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric();
+        i += 1;
+    }
+    let extra = b"-._~%!$&'()*+,;=:[]";
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+};
+
 /// Header slots kept on the stack while parsing (4 KiB).
 const STACK_HEADERS: usize = 128;
 
@@ -196,17 +215,21 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     // One copy of the head; every header value is a slice of it.
     let head = Bytes::copy_from_slice(&bytes[..len]);
     let base = bytes.as_ptr() as usize;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for what legate adds on the way (x-request-id, trace context, credentials, a
+    // forwarded client certificate): growing the map later reallocates and rehashes it.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    let mut seen = Seen::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| malformed(format!("invalid header name `{}`", h.name)))?;
+        seen.note(&name);
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
             .map_err(|_| malformed(format!("invalid value for `{name}`")))?;
         headers.append(name, value);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
-    let hosts = headers.get_all(header::HOST).iter().count();
+    let hosts = seen.hosts;
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
         return Err(malformed(if hosts > 1 {
             "more than one Host"
@@ -217,22 +240,19 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     // RFC 9112 §3.2: a Host with an invalid value is a 400, like a missing or repeated one.
     // A byte-class check (RFC 3986 host and port characters; no userinfo), not a parse into an
     // `Authority`, which would copy the value for every request.
-    if let Some(h) = headers.get(header::HOST) {
-        let valid = h
-            .as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(b));
-        if !valid {
+    if let Some(h) = (hosts == 1).then(|| headers.get(header::HOST)).flatten() {
+        if !h.as_bytes().iter().all(|b| HOST_BYTES[usize::from(*b)]) {
             return Err(malformed("invalid Host"));
         }
     }
     // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
-    if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+    if version == Version::HTTP_10 && seen.transfer_encoding {
         return Err(malformed("Transfer-Encoding in an HTTP/1.0 request"));
     }
-    let body = request_framing(&headers)?;
-    let keep_alive = wants_keep_alive(version, &headers);
+    let body = request_framing_seen(&headers, &seen)?;
+    let keep_alive = wants_keep_alive_seen(version, &headers, &seen);
     let expect_continue = version == Version::HTTP_11
+        && seen.expect
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));

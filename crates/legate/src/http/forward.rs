@@ -146,26 +146,33 @@ pub fn forward<'a>(
         let mut _retry_permit = None;
         loop {
             obs.attempts += 1;
-            let req = match (first.take(), replay.as_ref().and_then(|r| r.head.as_ref())) {
-                (Some(req), _) => req,
-                (None, Some(head)) => {
-                    let r = replay.as_ref().map(|r| (&r.data, &r.trailers));
-                    head.request(r.map_or(ReqBody::Empty, |(d, t)| ReqBody::replay(d, t)))
+            // The request stays in `first` for the whole loop: a try borrows it (legate's own
+            // HTTP/1.1 client sends it without consuming it, so the next try can send it
+            // again), and only a try through hyper's client takes it. Moving it in and out of
+            // each try instead cost a copy of its 352 bytes at every step.
+            if first.is_none() {
+                match replay
+                    .as_ref()
+                    .and_then(|r| r.head.as_ref().map(|h| (h, r)))
+                {
+                    Some((head, r)) => {
+                        first = Some(head.request(ReqBody::replay(&r.data, &r.trailers)));
+                    }
+                    // Unreachable: without a request to send again the loop returns after a try.
+                    None => {
+                        return Err(UpstreamError::NoEndpoint {
+                            upstream: up.name.clone(),
+                            targets: String::new(),
+                        })
+                    }
                 }
-                // Unreachable: without a request to send again the loop returns after a try.
-                (None, None) => {
-                    return Err(UpstreamError::NoEndpoint {
-                        upstream: up.name.clone(),
-                        targets: String::new(),
-                    })
-                }
-            };
+            }
             if let Some(t) = obs.trace.as_deref_mut() {
                 t.begin_attempt();
             }
             let trace = obs.trace.as_deref();
-            let (result, outcome, endpoint, unused) =
-                attempt(pools, route, req, trace, upgrade, &failed, &deadline).await;
+            let (result, outcome, endpoint) =
+                attempt(pools, route, &mut first, trace, upgrade, &failed, &deadline).await;
             if let Some(t) = obs.trace.as_deref_mut().filter(|t| t.recording()) {
                 let (status, error) = match &result {
                     Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
@@ -178,7 +185,6 @@ pub fn forward<'a>(
                 });
                 t.end_attempt(endpoint, host, status, error);
             }
-            first = unused;
             // The access log names the last endpoint tried, even if the route timeout ends the
             // request during a later wait.
             if endpoint.is_some() {
@@ -249,16 +255,18 @@ type TryResult = (
     Result<Forwarded, UpstreamError>,
     Outcome,
     Option<SocketAddr>,
-    Option<Request<ReqBody>>,
 );
 
-// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958),
-// and a request is 352 bytes; the block works on its captures in place.
+/// One try of the request in `slot`. It stays there unless the try consumes it (hyper's
+/// client does; legate's own HTTP/1.1 client only borrows it), also when the per-try timeout
+/// drops the try: the next try sends it again.
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958);
+// the block works on its captures in place.
 #[allow(clippy::manual_async_fn)]
 fn attempt<'a>(
     pools: &'a Arc<Pools>,
     route: &'a Route,
-    mut req: Request<ReqBody>,
+    slot: &'a mut Option<Request<ReqBody>>,
     trace: Option<&'a Trace>,
     upgrade: bool,
     avoid: &'a [SocketAddr],
@@ -266,20 +274,23 @@ fn attempt<'a>(
 ) -> impl std::future::Future<Output = TryResult> + Send + 'a {
     // What needs no waiting is done before the future exists, so the future keeps only what
     // the send needs: a capture stays in the state for the future's whole life.
-    let admitted = admit(route, &mut req, avoid, deadline);
-    // The request stays here: a try that only borrows it (legate's own HTTP/1.1 client) leaves
-    // it for the next try, even when the per-try timeout drops the try.
-    let mut slot = Some(req);
+    let admitted = match slot.as_mut() {
+        Some(req) => admit(route, req, avoid, deadline),
+        None => Err(UpstreamError::NoEndpoint {
+            upstream: route.upstream.name.clone(),
+            targets: String::new(),
+        }),
+    };
     async move {
         let up = &route.upstream;
         let a = match admitted {
             Ok(a) => a,
             // Refused before sending: the request is still ours to send again.
-            Err(e) => return (Err(e), Outcome::Failed(FailureKind::Local), None, slot),
+            Err(e) => return (Err(e), Outcome::Failed(FailureKind::Local), None),
         };
         let ep = &a.ep;
         let inflight = ep.load.start();
-        let sending = send(pools, up, ep, &mut slot, trace, upgrade);
+        let sending = send(pools, up, ep, slot, trace, upgrade);
         let result = match tokio::time::timeout_at(a.until, sending).await {
             Ok(r) => r,
             Err(_) => Err(match a.per_try {
@@ -317,7 +328,7 @@ fn attempt<'a>(
         };
         let now = Instant::now();
         record(up, &ep, admission, outcome, now, now - started.into_std());
-        (result, outcome, Some(ep.addr), slot)
+        (result, outcome, Some(ep.addr))
     }
 }
 

@@ -5,7 +5,8 @@ use crate::config::HeaderRules;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection and must not be forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_COUNT: usize = 6;
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,41 +20,59 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// the message and stay. `consume_proxy_auth`: a request's `Proxy-Authorization` is for the
 /// proxy it reaches (legate), not for the upstream (RFC 9110 §11.7.2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, consume_proxy_auth: bool) {
-    // Most messages carry none of these: one pass over the names beats a hash lookup per name.
-    let any = headers.keys().any(|n| {
-        HOP_BY_HOP.contains(n)
-            || n == header::TE
-            || consume_proxy_auth && n == header::PROXY_AUTHORIZATION
-    });
-    if !any {
-        return;
-    }
-    if consume_proxy_auth {
-        headers.remove(header::PROXY_AUTHORIZATION);
-    }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            let named: Vec<HeaderName> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for n in named {
-                headers.remove(n);
-            }
+    // Most messages carry none of these, and most of the rest only `Connection` (every nginx
+    // response says `Connection: keep-alive`): one pass over the names notes which are there,
+    // and only those are looked up and removed (each lookup hashes the name).
+    const TE_BIT: u32 = 1 << HOP_COUNT;
+    const PROXY_AUTH_BIT: u32 = TE_BIT << 1;
+    let mut present = 0u32;
+    for n in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == n) {
+            present |= 1 << i;
+        } else if n == header::TE {
+            present |= TE_BIT;
+        } else if consume_proxy_auth && n == header::PROXY_AUTHORIZATION {
+            present |= PROXY_AUTH_BIT;
         }
     }
-    for name in &HOP_BY_HOP {
-        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+    if present == 0 {
+        return;
+    }
+    if present & PROXY_AUTH_BIT != 0 {
+        headers.remove(header::PROXY_AUTHORIZATION);
+    }
+    // HOP_BY_HOP[0] is Connection: the names it lists go too.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|t| !(t.is_empty() || keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            // `keep-alive` and `close` are what nearly every Connection says: no lookup for
+            // `close` (no such header), the fixed list covers `keep-alive`.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0
+            || keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE)
+        {
             continue;
         }
         headers.remove(name);
     }
     // `TE: trailers` is end-to-end meaningful (gRPC needs it); other TE values are not.
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    if present & TE_BIT != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
     if keep_upgrade {

@@ -215,10 +215,14 @@ pub(crate) fn parse_response_head(
     // own.
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    // Room for the route's response header rules: growing the map later reallocates and
+    // rehashes it.
+    let mut headers = HeaderMap::with_capacity(r.headers.len() + 4);
+    let mut seen = crate::h1::Seen::default();
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Error::Protocol("invalid header name".into()))?;
+        seen.note(&name);
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
             .map_err(|_| Error::Protocol(format!("invalid value for `{name}`")))?;
@@ -226,9 +230,9 @@ pub(crate) fn parse_response_head(
     }
     buf.advance(len);
     let (framing, close_delimited) =
-        crate::h1::response_framing(head_request, version, status, &headers)
+        crate::h1::response_framing_seen(head_request, version, status, &headers, &seen)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-    let keep_alive = !close_delimited && crate::h1::wants_keep_alive(version, &headers);
+    let keep_alive = !close_delimited && crate::h1::wants_keep_alive_seen(version, &headers, &seen);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
