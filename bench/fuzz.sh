@@ -31,6 +31,8 @@ TARGETS=("$@")
 SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-1800}
 JOBS=${JOBS:-2}
 MERGE=${MERGE:-0}
+# SUMMARY_ONLY=1: no runs, only the table from the last runs' logs (fuzz/artifacts/*.log).
+SUMMARY_ONLY=${SUMMARY_ONLY:-0}
 OUT=bench/results/fuzz-latest.md
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -39,9 +41,9 @@ rustup toolchain list | grep -q '^nightly' || {
     exit 1
 }
 
-(cd fuzz && cargo +nightly fuzz build -O 2>&1 | tail -1)
 BIN=fuzz/target/x86_64-unknown-linux-gnu/release
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet || echo "+changes")
+[[ $SUMMARY_ONLY == 1 ]] || (cd fuzz && cargo +nightly fuzz build -O 2>&1 | tail -1)
 
 run_one() {
     local t=$1
@@ -54,7 +56,8 @@ run_one() {
 }
 
 running=0
-for t in "${TARGETS[@]}"; do
+[[ $SUMMARY_ONLY == 1 ]] && TO_RUN=() || TO_RUN=("${TARGETS[@]}")
+for t in "${TO_RUN[@]}"; do
     run_one "$t" &
     running=$((running + 1))
     if [[ $running -ge $JOBS ]]; then
@@ -67,13 +70,17 @@ wait
 {
     echo "# Fuzzing: latest run"
     echo
-    echo "\`SECONDS_PER_TARGET=$SECONDS_PER_TARGET JOBS=$JOBS bash bench/fuzz.sh ${*:-}\` on $(date -u +%Y-%m-%d), commit $COMMIT, $(nproc) cores, libFuzzer with AddressSanitizer (\`cargo +nightly fuzz build -O\`)."
+    if [[ $SUMMARY_ONLY == 1 ]]; then
+        echo "The logs in fuzz/artifacts/ as of $(date -u +%Y-%m-%d) (table written at commit $COMMIT), $(nproc) cores, libFuzzer with AddressSanitizer (\`cargo +nightly fuzz build -O\`); each run's own length is in its row."
+    else
+        echo "\`SECONDS_PER_TARGET=$SECONDS_PER_TARGET JOBS=$JOBS bash bench/fuzz.sh ${*:-}\` on $(date -u +%Y-%m-%d), commit $COMMIT, $(nproc) cores, libFuzzer with AddressSanitizer (\`cargo +nightly fuzz build -O\`)."
+    fi
     echo
     echo "| target | time | executions | exec/s | edges | features | corpus | crashes | timeouts | out of memory |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in "${TARGETS[@]}"; do
         log="fuzz/artifacts/$t.log"
-        done_line=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1 || true)
+        done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)
         execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
         speed=$(grep -oE 'stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
         cov=$(sed -nE 's/.*cov: ([0-9]+).*/\1/p' <<<"$done_line")
@@ -82,7 +89,8 @@ wait
         crashes=$(find "fuzz/artifacts/$t" -name 'crash-*' -o -name 'leak-*' | wc -l)
         timeouts=$(find "fuzz/artifacts/$t" -name 'timeout-*' | wc -l)
         ooms=$(find "fuzz/artifacts/$t" -name 'oom-*' | wc -l)
-        echo "| $t | ${SECONDS_PER_TARGET} s | $execs | $speed | ${cov:-?} | ${ft:-?} | ${corp:-?} | $crashes | $timeouts | $ooms |"
+        secs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | grep -oE '[0-9]+ second' | grep -oE '[0-9]+' || echo "?")
+        echo "| $t | ${secs} s | $execs | $speed | ${cov:-?} | ${ft:-?} | ${corp:-?} | $crashes | $timeouts | $ooms |"
     done
 } >"$OUT"
 cat "$OUT"
