@@ -156,8 +156,10 @@ pub fn h1_request(data: &[u8]) {
     );
 }
 
-/// Whether hyper's HTTP/1.1 server hands `head` to its service, with the same limits.
-fn hyper_accepts(head: &[u8]) -> bool {
+/// Whether hyper's HTTP/1.1 server hands `head` to its service, with the default listener
+/// limits (also the reference of `tests/h1_differential.rs`). Not from inside a Tokio runtime:
+/// it runs its own.
+pub fn hyper_accepts(head: &[u8]) -> bool {
     thread_local! {
         static RT: Option<tokio::runtime::Runtime> =
             tokio::runtime::Builder::new_current_thread().build().ok();

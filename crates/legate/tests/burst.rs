@@ -6,10 +6,9 @@
 mod proc;
 
 use proc::{
-    free_port, http_get, legate_spawn, local, parse_metrics, require_tool, wait_for, wait_ready,
+    free_port, http_get, legate_spawn, local, nginx_ok, parse_metrics, raise_nofile, wait_ready,
     TempDir,
 };
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,60 +18,6 @@ const CLIENTS: usize = 10_000;
 /// The two bursts run one after the other: together they would share this process's
 /// descriptors and the machine's two cores, and each measures what one burst does.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The soft open-files limit raised to the hard one; the test needs room for its own 10,000
-/// sockets.
-fn raise_nofile(need: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    assert!(
-        lim.rlim_max >= need,
-        "this test holds {CLIENTS} connections: it needs `ulimit -Hn` ≥ {need} (it is {})",
-        lim.rlim_max
-    );
-}
-
-/// A real nginx answering `200 ok` on a free port.
-fn nginx(dir: &TempDir) -> (proc::Proc, u16) {
-    require_tool("nginx", "-v");
-    let up_port = free_port();
-    let conf = dir.write(
-        "nginx.conf",
-        format!(
-            "worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             worker_rlimit_nofile 8192;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-               server {{ listen 127.0.0.1:{up_port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.path().display()
-        ),
-    );
-    let mut nginx = proc::Proc::spawn(
-        "nginx",
-        Command::new("nginx").args([
-            "-p",
-            dir.path().to_str().unwrap(),
-            "-c",
-            conf.to_str().unwrap(),
-        ]),
-    )
-    .expect("start nginx");
-    wait_for("nginx", Duration::from_secs(10), || {
-        nginx.ensure_running();
-        http_get(local(up_port), "/", Duration::from_secs(1))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
-    (nginx, up_port)
-}
 
 /// `n` connections opened first, then one request on each at once; their statuses (or why
 /// there was none).
@@ -182,9 +127,9 @@ fn metrics_sum(admin: u16, name: &str) -> f64 {
 #[test]
 fn ten_thousand_concurrent_requests_through_defaults_all_served() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    raise_nofile(CLIENTS as u64 + 2_000);
+    raise_nofile(CLIENTS as u64 + 2_000, "its client connections");
     let dir = TempDir::new("burst");
-    let (mut nginx, up_port) = nginx(&dir);
+    let (mut nginx, up_port) = nginx_ok(&dir);
     let (port, admin) = (free_port(), free_port());
     // Defaults everywhere: no circuit_breaker section, no limits.
     let mut lg = proc::legate_http(&format!("http://127.0.0.1:{up_port}"), port, admin, &[]);
@@ -227,7 +172,7 @@ fn ten_thousand_concurrent_requests_through_defaults_all_served() {
 #[test]
 fn low_limits_queue_then_shed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    raise_nofile(2_000);
+    raise_nofile(2_000, "its client connections");
     let dir = TempDir::new("burst-limits");
     let (up_port, peak) = counting_upstream();
     let run = |pending: u32| {

@@ -4,9 +4,6 @@
 //! below as deliberately stricter on legate's side, with the reason; anything else fails.
 
 use legate::h1::request::{parse, HeadLimits};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMITS: HeadLimits = HeadLimits {
     max_header_bytes: 8192,
@@ -125,42 +122,10 @@ fn corpus() -> Vec<(String, String)> {
     out
 }
 
-/// hyper's decision: did its server hand the request to the service?
-async fn hyper_accepts(head: &str) -> bool {
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    let called = Arc::new(AtomicBool::new(false));
-    let c = called.clone();
-    let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-        c.store(true, Ordering::SeqCst);
-        async {
-            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
-                bytes::Bytes,
-            >::new()))
-        }
-    });
-    let serve = tokio::spawn(async move {
-        let mut b = hyper::server::conn::http1::Builder::new();
-        b.max_headers(LIMITS.max_headers)
-            .max_buf_size(LIMITS.max_header_bytes);
-        let _ = b
-            .serve_connection(hyper_util::rt::TokioIo::new(server), svc)
-            .await;
-    });
-    let (mut rd, mut wr) = tokio::io::split(client);
-    let _ = wr.write_all(head.as_bytes()).await;
-    let _ = wr.shutdown().await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        rd.read_to_end(&mut answer),
-    )
-    .await;
-    serve.abort();
-    called.load(Ordering::SeqCst)
-}
-
-#[tokio::test]
-async fn legate_and_hyper_agree_or_legate_is_deliberately_stricter() {
+/// hyper's decision (did its server hand the request to the service?) is the one the fuzz
+/// target `h1_request` checks against: `legate::fuzzing::hyper_accepts`.
+#[test]
+fn legate_and_hyper_agree_or_legate_is_deliberately_stricter() {
     let corpus = corpus();
     assert!(corpus.len() >= 50, "{} cases", corpus.len());
     let mut unexplained = Vec::new();
@@ -168,7 +133,7 @@ async fn legate_and_hyper_agree_or_legate_is_deliberately_stricter() {
     let (mut accepted, mut refused) = (0, 0);
     for (name, head) in &corpus {
         let ours = matches!(parse(head.as_bytes(), &LIMITS), Ok(Some(_)));
-        let theirs = hyper_accepts(head).await;
+        let theirs = legate::fuzzing::hyper_accepts(head.as_bytes());
         if ours {
             accepted += 1;
         } else {

@@ -13,8 +13,8 @@
 mod proc;
 
 use proc::{
-    free_port, http_get, legate_spawn, local, metric_sum, parse_metrics, require_tool, wait_for,
-    wait_ready, Proc, TempDir,
+    free_port, http_get, legate_spawn, local, metric_sum, parse_metrics, require_tool, rss_kib,
+    wait_for, wait_ready, Proc, TempDir,
 };
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -478,15 +478,6 @@ fn a_reset_mid_body_cuts_the_app_connection() {
     fixed.store(true, Ordering::SeqCst);
     let r = get(port).expect("answered");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// An app that stops reading a large response: legate stops reading the upstream (the

@@ -10,7 +10,7 @@
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, http_get, legate_bin, local, wait_for, wait_ready, Proc};
+use proc::{free_port, http_get, legate_bin, local, rss_kib, wait_for, wait_ready, Proc};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -112,17 +112,6 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     assert_eq!(code, Some(0), "{}", lg.output_report());
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// An upstream answering `200 ok` to every request on every connection (thread per
 /// connection: legate opens few).
 fn ok_upstream() -> std::net::SocketAddr {
@@ -175,22 +164,7 @@ fn request(c: &mut TcpStream) -> std::io::Result<u16> {
 fn ten_thousand_connections_are_held_with_a_raised_open_files_limit() {
     const HELD: usize = 10_000;
     // This test's own descriptors: its 10,000 client sockets.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    assert!(
-        lim.rlim_max >= HELD as u64 + 1000,
-        "this test needs `ulimit -Hn` ≥ {} (it is {})",
-        HELD + 1000,
-        lim.rlim_max
-    );
+    proc::raise_nofile(HELD as u64 + 1000, "10,000 client connections");
     let up = ok_upstream();
     let (port, admin) = (free_port(), free_port());
     // A soft limit of 1024, as many runtimes start with; the hard limit stays: legate raises

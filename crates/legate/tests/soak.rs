@@ -25,7 +25,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pki::Ca;
-use proc::{free_port, http_get, legate_spawn, local, require_tool, wait_for, wait_ready, TempDir};
+use proc::{
+    free_port, http_get, legate_spawn, local, nginx_ok, rss_kib, wait_for, wait_ready, TempDir,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,17 +44,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -89,38 +80,6 @@ async fn flaky_upstream() -> SocketAddr {
 
 /// A request id for the flaky upstream.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn nginx(dir: &TempDir) -> (proc::Proc, u16) {
-    require_tool("nginx", "-v");
-    let port = free_port();
-    let conf = dir.write(
-        "nginx.conf",
-        format!(
-            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.path().display()
-        ),
-    );
-    let mut p = proc::Proc::spawn(
-        "nginx",
-        std::process::Command::new("nginx").args([
-            "-p",
-            dir.path().to_str().unwrap(),
-            "-c",
-            conf.to_str().unwrap(),
-        ]),
-    )
-    .expect("start nginx");
-    wait_for("nginx", Duration::from_secs(10), || {
-        p.ensure_running();
-        http_get(local(port), "/", Duration::from_secs(1))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
-    (p, port)
-}
 
 struct Ports {
     app: u16,
@@ -424,7 +383,7 @@ async fn soak_mixed_traffic_reloads_and_rotations() {
     std::fs::write(peer_dir.path().join("client.crt"), &peer_client.cert_pem).unwrap();
     std::fs::write(peer_dir.path().join("client.key"), &peer_client.key_pem).unwrap();
 
-    let (_nginx, nginx_port) = nginx(&ng_dir);
+    let (_nginx, nginx_port) = nginx_ok(&ng_dir);
     let ports = Ports {
         app: free_port(),
         admin: free_port(),

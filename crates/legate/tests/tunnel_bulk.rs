@@ -8,7 +8,7 @@ mod pki;
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, legate_ready, local, TempDir};
+use proc::{free_port, legate_ready, local, rss_kib, TempDir};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,18 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const TOTAL: u64 = 1 << 30;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[test]
 fn one_gib_through_the_mtls_pair_with_flat_memory() {

@@ -1,7 +1,7 @@
 //! Helpers for integration tests that drive real processes (the `legate`
 //! binary, gunicorn/httpbin, curl) over 127.0.0.1.
 //!
-//! Only std is used here so the helpers compile independently of the crate's
+//! Only std (and libc) is used here so the helpers compile independently of the crate's
 //! own code. Each test binary uses a different subset, hence the allow.
 #![allow(dead_code)]
 
@@ -816,4 +816,71 @@ impl Httpbin {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// A process's resident set (`VmRSS`), in KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// This test process's soft open-files limit raised to its hard limit, which must be at least
+/// `need` (`what` says what the descriptors are for).
+pub fn raise_nofile(need: u64, what: &str) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(
+        lim.rlim_max >= need,
+        "this test holds {what}: it needs `ulimit -Hn` ≥ {need} (it is {})",
+        lim.rlim_max
+    );
+}
+
+/// A real nginx (two workers, 4,096 connections each) answering `200 ok` on a free port.
+pub fn nginx_ok(dir: &TempDir) -> (Proc, u16) {
+    require_tool("nginx", "-v");
+    let up_port = free_port();
+    let conf = dir.write(
+        "nginx.conf",
+        format!(
+            "worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             worker_rlimit_nofile 8192;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+               server {{ listen 127.0.0.1:{up_port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.path().display()
+        ),
+    );
+    let mut nginx = Proc::spawn(
+        "nginx",
+        Command::new("nginx").args([
+            "-p",
+            &dir.path().display().to_string(),
+            "-c",
+            &conf.display().to_string(),
+        ]),
+    )
+    .expect("start nginx");
+    wait_for("nginx", Duration::from_secs(10), || {
+        nginx.ensure_running();
+        http_get(local(up_port), "/", Duration::from_secs(1))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    (nginx, up_port)
 }
