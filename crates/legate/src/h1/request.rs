@@ -215,9 +215,10 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     // One copy of the head; every header value is a slice of it.
     let head = Bytes::copy_from_slice(&bytes[..len]);
     let base = bytes.as_ptr() as usize;
-    // Room for what legate adds on the way (x-request-id, trace context, credentials, a
-    // forwarded client certificate): growing the map later reallocates and rehashes it.
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    // Room for the two fields legate usually adds (x-request-id, and a Host where HTTP/1.0
+    // had none): growing the map reallocates and rehashes it. More room costs memory in
+    // every request in flight (each slot ~100 B, rounded up to a power of two).
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
     let mut seen = Seen::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())

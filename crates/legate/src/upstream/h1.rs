@@ -215,9 +215,7 @@ pub(crate) fn parse_response_head(
     // own.
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    // Room for the route's response header rules: growing the map later reallocates and
-    // rehashes it.
-    let mut headers = HeaderMap::with_capacity(r.headers.len() + 4);
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
     let mut seen = crate::h1::Seen::default();
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
