@@ -203,20 +203,17 @@ pub fn hyper_accepts(head: &[u8]) -> bool {
     })
 }
 
-/// `head` with an `HTTP/1.x` (x > 1) request line rewritten to `HTTP/1.1`.
+/// `head` as legate reads it: an `HTTP/1.x` (x > 1) request line rewritten to `HTTP/1.1`
+/// (after the empty lines legate skips).
 fn as_http_11(head: &[u8]) -> Vec<u8> {
-    let mut out = head.to_vec();
-    let start = out
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .unwrap_or(0);
-    if let Some(len) = out[start..].iter().position(|b| *b == b'\r' || *b == b'\n') {
-        let end = start + len;
-        if len >= 8 && out[end - 8..end - 1] == *b"HTTP/1." && matches!(out[end - 1], b'2'..=b'9') {
-            out[end - 1] = b'1';
-        }
+    let mut skip = 0;
+    while head[skip..].starts_with(b"\r\n") || head[skip..].starts_with(b"\n") {
+        skip += if head[skip] == b'\r' { 2 } else { 1 };
     }
-    out
+    match crate::h1::request::as_http_11(&head[skip..]) {
+        Some(line) => [&head[..skip], &line[..]].concat(),
+        None => head.to_vec(),
+    }
 }
 
 /// The upstream client's response parser (`upstream::h1`) and the response body decoder.

@@ -353,16 +353,48 @@ fn healthy(s: &mut TcpStream) {
     }
 }
 
-/// An upstream that accepts and reads the request but never answers: the route `timeout`
-/// answers 504 `timeout`; once the upstream answers again, so does legate.
-#[test]
-fn an_upstream_that_never_answers_is_cut_by_the_route_timeout() {
+/// An in-process upstream that runs `fault` on each connection until the returned switch is
+/// set, then answers every request `200 ok`.
+fn faulty_upstream(
+    fault: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicBool>) {
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();
     let addr = upstream(move |mut s| {
         if f.load(Ordering::SeqCst) {
-            return healthy(&mut s);
+            healthy(&mut s)
+        } else {
+            fault(s)
         }
+    });
+    (addr, fixed)
+}
+
+/// The fault counted once under `reason`; then, with the upstream fixed, a request through
+/// legate is answered whole again.
+fn counted_then_recovers(admin: u16, port: u16, reason: &str, fixed: &AtomicBool) {
+    wait_for(
+        &format!("{reason} counted"),
+        Duration::from_secs(10),
+        || {
+            let n = local_errors(admin, reason);
+            (n == 1.0).then_some(()).ok_or(format!("{n}"))
+        },
+    );
+    fixed.store(true, Ordering::SeqCst);
+    wait_for("answered again", Duration::from_secs(10), || {
+        match get(port) {
+            Ok(r) if (r.status, r.body.as_slice()) == (200, &b"ok"[..]) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+/// An upstream that accepts and reads the request but never answers: the route `timeout`
+/// answers 504 `timeout`; once the upstream answers again, so does legate.
+#[test]
+fn an_upstream_that_never_answers_is_cut_by_the_route_timeout() {
+    let (addr, fixed) = faulty_upstream(move |mut s| {
         read_head(&mut s);
         std::thread::sleep(Duration::from_secs(30));
     });
@@ -378,14 +410,7 @@ fn an_upstream_that_never_answers_is_cut_by_the_route_timeout() {
         r.headers.get("legate-error").map(String::as_str),
         Some("timeout")
     );
-    assert_eq!(local_errors(admin, "timeout"), 1.0);
-    fixed.store(true, Ordering::SeqCst);
-    wait_for("answers again", Duration::from_secs(10), || {
-        match get(port) {
-            Ok(r) if r.status == 200 => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    counted_then_recovers(admin, port, "timeout", &fixed);
 }
 
 /// A raw request, and everything that comes back until the connection ends (or 20 s).
@@ -408,12 +433,7 @@ fn raw_exchange(port: u16) -> Vec<u8> {
 /// sees a body shorter than its Content-Length), counted as `response-body-timeout`.
 #[test]
 fn a_body_that_stalls_is_cut_by_response_body_timeout() {
-    let fixed = Arc::new(AtomicBool::new(false));
-    let f = fixed.clone();
-    let addr = upstream(move |mut s| {
-        if f.load(Ordering::SeqCst) {
-            return healthy(&mut s);
-        }
+    let (addr, fixed) = faulty_upstream(move |mut s| {
         read_head(&mut s);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
         std::thread::sleep(Duration::from_secs(30));
@@ -429,13 +449,7 @@ fn a_body_that_stalls_is_cut_by_response_body_timeout() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("content-length: 100"), "{text}");
     assert!(text.ends_with("\r\n\r\n0123456789"), "{text}");
-    wait_for("the stall counted", Duration::from_secs(10), || {
-        let n = local_errors(admin, "response-body-timeout");
-        (n == 1.0).then_some(()).ok_or(format!("{n}"))
-    });
-    fixed.store(true, Ordering::SeqCst);
-    let r = get(port).expect("answered");
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    counted_then_recovers(admin, port, "response-body-timeout", &fixed);
 }
 
 /// An upstream that resets its connection in the middle of a body: the app's connection is cut
@@ -443,12 +457,7 @@ fn a_body_that_stalls_is_cut_by_response_body_timeout() {
 /// request gets a fresh upstream connection and a whole answer.
 #[test]
 fn a_reset_mid_body_cuts_the_app_connection() {
-    let fixed = Arc::new(AtomicBool::new(false));
-    let f = fixed.clone();
-    let addr = upstream(move |mut s| {
-        if f.load(Ordering::SeqCst) {
-            return healthy(&mut s);
-        }
+    let (addr, fixed) = faulty_upstream(move |mut s| {
         read_head(&mut s);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
         let _ = s.write_all(&[b'x'; 1000]);
@@ -471,13 +480,7 @@ fn a_reset_mid_body_cuts_the_app_connection() {
         1000,
         "the body was cut where the upstream reset"
     );
-    wait_for("the reset counted", Duration::from_secs(10), || {
-        let n = local_errors(admin, "response-body-error");
-        (n == 1.0).then_some(()).ok_or(format!("{n}"))
-    });
-    fixed.store(true, Ordering::SeqCst);
-    let r = get(port).expect("answered");
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    counted_then_recovers(admin, port, "response-body-error", &fixed);
 }
 
 /// An app that stops reading a large response: legate stops reading the upstream (the

@@ -304,11 +304,7 @@ upstreams:
     assert!(m.contains("result=\"auth-failed\""), "{m}");
     // Neither password (the right one, the wrong one) appears in the logs, the metrics, or
     // what the app was told.
-    let logs: Vec<String> = lg
-        .stdout_lines()
-        .into_iter()
-        .chain(lg.stderr_lines())
-        .collect();
+    let logs = lg.output_lines();
     assert!(
         logs.iter().any(|l| l.contains("DEBUG")),
         "debug logging was on"

@@ -215,11 +215,7 @@ fn no_secret_reaches_a_log_line_config_metrics_or_error_body() {
         P12_PASSWORD.to_string(),
         key_line,
     ];
-    let logs: Vec<String> = lg
-        .stdout_lines()
-        .into_iter()
-        .chain(lg.stderr_lines())
-        .collect();
+    let logs = lg.output_lines();
     assert!(
         logs.iter()
             .any(|l| l.contains("\"DEBUG\"") || l.contains("DEBUG")),

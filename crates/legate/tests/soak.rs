@@ -199,35 +199,42 @@ impl Tally {
 
 type Body = Full<Bytes>;
 
+/// A GET with a fresh `x-soak-id` (and `Connection: close` when asked).
+fn soak_request(path: &str, close: bool) -> Result<hyper::Request<Body>, String> {
+    let mut req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .header("x-soak-id", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    if close {
+        req = req.header("connection", "close");
+    }
+    req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())
+}
+
+/// The response read to its end; an error unless it is a 200.
+async fn read_ok(
+    path: &str,
+    sent: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+) -> Result<(), String> {
+    let resp = sent.map_err(|e| format!("{path}: send: {e}"))?;
+    let status = resp.status();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{path}: body: {e}"))?;
+    if status != 200 {
+        return Err(format!("{path}: status {status}"));
+    }
+    Ok(())
+}
+
 async fn one(
     tx: &mut hyper::client::conn::http1::SendRequest<Body>,
     path: &str,
     close: bool,
 ) -> Result<(), String> {
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let mut req = hyper::Request::get(path)
-        .header("host", "localhost")
-        .header("x-soak-id", id);
-    if close {
-        req = req.header("connection", "close");
-    }
-    let req = req
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+    let req = soak_request(path, close)?;
     tx.ready().await.map_err(|e| format!("ready: {e}"))?;
-    let resp = tx
-        .send_request(req)
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let status = resp.status();
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?;
-    if status != 200 {
-        return Err(format!("{path}: status {status}"));
-    }
-    Ok(())
+    read_ok(path, tx.send_request(req).await).await
 }
 
 async fn h1_conn(
@@ -303,25 +310,11 @@ async fn client(addr: SocketAddr, mode: usize, stop: Arc<AtomicBool>, tally: Arc
                         let mut tx = tx.clone();
                         let path = PATHS[(i + k) % 3];
                         batch.push(tokio::spawn(async move {
-                            let req = hyper::Request::get(path)
-                                .header("host", "localhost")
-                                .header("x-soak-id", NEXT_ID.fetch_add(1, Ordering::Relaxed))
-                                .body(Full::new(Bytes::new()))
-                                .map_err(|e| e.to_string())?;
+                            let req = soak_request(path, false)?;
                             tx.ready().await.map_err(|e| format!("h2 ready: {e}"))?;
-                            let resp = tx
-                                .send_request(req)
+                            read_ok(path, tx.send_request(req).await)
                                 .await
-                                .map_err(|e| format!("h2 send: {e}"))?;
-                            let status = resp.status();
-                            resp.into_body()
-                                .collect()
-                                .await
-                                .map_err(|e| format!("h2 body: {e}"))?;
-                            if status != 200 {
-                                return Err(format!("h2 {path}: status {status}"));
-                            }
-                            Ok::<_, String>(())
+                                .map_err(|e| format!("h2 {e}"))
                         }));
                     }
                     i += 4;

@@ -62,7 +62,7 @@ fn malformed(why: impl Into<String>) -> HeadError {
 }
 
 /// `bytes` with a request line naming `HTTP/1.x`, x > 1, rewritten to `HTTP/1.1`.
-fn as_http_11(bytes: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn as_http_11(bytes: &[u8]) -> Option<Vec<u8>> {
     let line_end = bytes.iter().position(|b| *b == b'\r' || *b == b'\n')?;
     let line = &bytes[..line_end];
     let v = line.len().checked_sub(8)?;

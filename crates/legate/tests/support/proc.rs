@@ -177,6 +177,13 @@ impl Proc {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Every line the process wrote, stdout's then stderr's.
+    pub fn output_lines(&self) -> Vec<String> {
+        let mut all = self.stdout_lines();
+        all.extend(self.stderr_lines());
+        all
+    }
+
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }
