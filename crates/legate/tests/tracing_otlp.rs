@@ -279,10 +279,12 @@ async fn a_retried_request_is_one_server_span_with_two_client_spans() {
             .and_then(|v| v.value),
         Some(Value::StringValue("legate".into()))
     );
-    assert_eq!(
-        metric(&lg.metrics(), "legate_spans_exported_total", &[]),
-        Some(3.0)
-    );
+    // The counter moves when the collector's answer reaches legate, which is after the
+    // collector recorded the spans: wait for it rather than read it once.
+    common::wait_until_async("legate_spans_exported_total = 3", || {
+        metric(&lg.metrics(), "legate_spans_exported_total", &[]) == Some(3.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
