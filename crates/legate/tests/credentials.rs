@@ -220,8 +220,17 @@ async fn oauth2_refreshes_ahead_and_keeps_the_old_token_through_failures() {
     let r = get(legate.addr, "/").await;
     assert_eq!(r.echoed("authorization").as_deref(), Some("Bearer t1"));
     // The background refresh replaces it before it expires, without any request waiting.
+    // The endpoint counts a token when it answers; legate stores it after reading the answer,
+    // so what to wait for is legate's own count of refreshes that succeeded.
     wait_until_async("a second token is fetched ahead of expiry", || {
         tokens.issued.load(Ordering::SeqCst) >= 2
+            && metric(
+                &legate.metrics(),
+                "legate_oauth2_token_refreshes_total",
+                &["result=\"ok\""],
+            )
+            .unwrap_or(0.0)
+                >= 2.0
     })
     .await;
     let r = get(legate.addr, "/").await;

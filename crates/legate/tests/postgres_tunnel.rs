@@ -169,10 +169,19 @@ fn postgres_tls_mode_with_a_client_certificate() {
 
     let report = pgbench_select("127.0.0.1", port, "certuser", 10);
     assert!(report.contains("tps = "), "{report}");
-    let m = metrics(admin);
-    assert!(
-        m.contains("legate_tcp_connections_total{listener=\"app\",result=\"client-closed\"}"),
-        "{m}"
+    // A tunnel is counted when it ends, on legate's side, after pgbench has already left.
+    wait_for(
+        "pgbench's sessions counted",
+        Duration::from_secs(10),
+        || {
+            let m = metrics(admin);
+            if m.contains("legate_tcp_connections_total{listener=\"app\",result=\"client-closed\"}")
+            {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        },
     );
     let lines = tcp_log(&lg);
     // Every session ended normally (the app's Terminate reaches the server, which may close

@@ -691,8 +691,11 @@ async fn a_client_leaving_mid_request_is_accounted_for() {
     );
     pending.abort();
     let _ = pending.await;
+    // The access log line is written last when a request is accounted for (after the
+    // in-flight gauge and the request counter): wait for it.
     wait_until_async("the request is accounted for", || {
         metric(&lg.metrics(), "legate_http_inflight_requests", &[]) == Some(0.0)
+            && !lg.log_lines().is_empty()
     })
     .await;
     let log = lg.log_lines();
