@@ -8,6 +8,10 @@ use legate::server::{self, Options};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "legate",
