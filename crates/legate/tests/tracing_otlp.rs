@@ -265,20 +265,20 @@ async fn a_retried_request_is_one_server_span_with_two_client_spans() {
         attr(clients[1], "http.request.resend_count"),
         Some(Value::IntValue(1))
     );
-    let resource = &collector.requests.lock().unwrap()[0].resource_spans[0];
-    let service = resource
-        .resource
-        .as_ref()
-        .unwrap()
-        .attributes
-        .iter()
-        .find(|kv| kv.key == "service.name");
-    assert_eq!(
-        service
+    // The collector's lock is let go before the wait below: its handler takes it too.
+    let service = {
+        let requests = collector.requests.lock().unwrap();
+        requests[0].resource_spans[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "service.name")
             .and_then(|kv| kv.value.clone())
-            .and_then(|v| v.value),
-        Some(Value::StringValue("legate".into()))
-    );
+            .and_then(|v| v.value)
+    };
+    assert_eq!(service, Some(Value::StringValue("legate".into())));
     // The counter moves when the collector's answer reaches legate, which is after the
     // collector recorded the spans: wait for it rather than read it once.
     common::wait_until_async("legate_spans_exported_total = 3", || {
