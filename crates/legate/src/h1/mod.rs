@@ -9,6 +9,7 @@
 
 pub mod bufpool;
 mod decode;
+pub mod futurepool;
 pub mod request;
 
 pub use decode::{Decoded, Decoder};

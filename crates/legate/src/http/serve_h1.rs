@@ -25,6 +25,7 @@ use super::body::{Inbound, RespBody};
 use super::headers::is_upgrade_request;
 use super::proxy::{self, ConnInfo, ListenerCtx};
 use crate::h1::bufpool::{self, READ_SIZE, WRITE_FLUSH};
+use crate::h1::futurepool;
 use crate::h1::request::{self as request_head, HeadError, HeadLimits, RequestHead};
 use crate::h1::{Decoded, Decoder};
 use crate::listen::ServingHandle;
@@ -290,11 +291,12 @@ pub fn serve_conn<'a>(
             };
             let Some(conn) = io.take() else { return };
             // Everything a request needs while it is read and answered lives in this one
-            // allocation, not in the connection's task: the idle wait above is the state a
-            // connection spends its life in. Boxed in its own statement: a temporary lives to
-            // the end of its statement, so in `Box::pin(f()).await` the unboxed `f()` would be
-            // part of the task too.
-            let requests = Box::pin(serve_buffered(conn, buf, ctx, settings));
+            // block, not in the connection's task: the idle wait above is the state a
+            // connection spends its life in. The block comes from the worker's pool (reused
+            // request after request, see `futurepool`). Made in its own statement: a temporary
+            // lives to the end of its statement, so in `Pooled::new(f()).await` the unboxed
+            // `f()` would be part of the task too.
+            let requests = futurepool::Pooled::new(serve_buffered(conn, buf, ctx, settings));
             *io = requests.await;
         }
     }
