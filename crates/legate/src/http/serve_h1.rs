@@ -86,6 +86,29 @@ pub enum ClientIo {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+impl ClientIo {
+    /// Called right after a read that returned less than it had room for: the socket held
+    /// nothing more at that instant, so the readiness that read used is forgotten now. The next
+    /// wait for the client's bytes (while the answer is pending, and the idle wait after it)
+    /// then waits for the event loop instead of starting with a read that can only say
+    /// `EAGAIN` — one system call per request that nginx does not make either.
+    ///
+    /// Safe only in the same poll as the short read and on a current-thread runtime (legate's
+    /// workers): no event can have been recorded for the socket in between, so bytes that came
+    /// after the read still wake the connection (their event is processed later), and a close
+    /// already seen is kept (tokio never clears the read-closed state).
+    fn drained(&self) {
+        let ClientIo::Plain(s) = self else { return };
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if current_thread {
+            let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -183,9 +206,12 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_SIZE);
         }
+        let room = buf.capacity() - buf.len();
         match io.read_buf(buf).await {
             Ok(0) if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => return HeadRead::Closed,
             Ok(0) | Err(_) => return HeadRead::Failed,
+            // Still the poll that read: see `ClientIo::drained`.
+            Ok(n) if n < room => io.drained(),
             Ok(_) => {}
         }
     }
@@ -229,6 +255,8 @@ async fn idle(io: &mut ClientIo, settings: &Settings, list: drain::ListId) -> Op
                     bufpool::give_read(buf);
                     return None;
                 }
+                // Still the poll that read: see `ClientIo::drained`.
+                Ok(n) if n < READ_SIZE => io.drained(),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     bufpool::give_read(buf);
