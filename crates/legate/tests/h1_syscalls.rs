@@ -8,68 +8,21 @@
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, local, wait_for, wait_ready, TempDir};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use proc::{free_port, local, ok_request, ok_upstream, wait_for, wait_ready, TempDir};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-/// An upstream that answers each request `delay` after its head arrived, so every answer is
-/// pending for a while (the watch on the client is armed) and arrives on its own event.
-fn slow_upstream(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while conn.read(&mut byte).is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
-                    if head.ends_with(b"\r\n\r\n") {
-                        head.clear();
-                        thread::sleep(delay);
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if conn.write_all(answer).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// Sends `GET /` on `c` and reads the whole answer (`content-length: 2`).
-fn get(c: &mut TcpStream) {
-    c.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n").unwrap();
-    let mut reader = BufReader::new(c.try_clone().unwrap());
-    let mut line = String::new();
-    let mut length = None;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse::<usize>().ok();
-        }
-    }
-    let mut body = vec![0u8; length.expect("a content-length")];
-    reader.read_exact(&mut body).unwrap();
-    assert_eq!(body, b"ok");
-}
-
 #[test]
 fn a_keep_alive_request_reads_the_client_only_when_it_sent_something() {
     const REQUESTS: usize = 40;
-    let up = slow_upstream(Duration::from_millis(2));
+    // Each answer is pending for a while (the watch on the client is armed) and arrives on its
+    // own event.
+    let up = ok_upstream(Duration::from_millis(2));
     let (port, admin) = (free_port(), free_port());
     let dir = TempDir::new("h1-syscalls");
     let cfg = dir.write(
@@ -113,8 +66,8 @@ fn a_keep_alive_request_reads_the_client_only_when_it_sent_something() {
 
     let mut c = TcpStream::connect(local(port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    for _ in 0..REQUESTS {
-        get(&mut c);
+    for i in 0..REQUESTS {
+        assert_eq!(ok_request(&mut c).unwrap(), 200, "request {i}");
     }
     let stop = Command::new("kill")
         .args(["-INT", &strace.id().to_string()])

@@ -10,7 +10,10 @@
 #[path = "support/proc.rs"]
 mod proc;
 
-use proc::{free_port, http_get, legate_bin, local, rss_kib, wait_for, wait_ready, Proc};
+use proc::{
+    free_port, http_get, legate_bin, local, ok_request, ok_upstream, rss_kib, wait_for, wait_ready,
+    Proc,
+};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -112,60 +115,12 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     assert_eq!(code, Some(0), "{}", lg.output_report());
 }
 
-/// An upstream answering `200 ok` to every request on every connection (thread per
-/// connection: legate opens few).
-fn ok_upstream() -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                let mut pending = Vec::new();
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// One keep-alive request on `c`; the status.
-fn request(c: &mut TcpStream) -> std::io::Result<u16> {
-    use std::io::{Read, Write};
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 512];
-    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"ok")) {
-        let n = c.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8_lossy(&got[9..12]).parse().unwrap_or(0))
-}
-
 #[test]
 fn ten_thousand_connections_are_held_with_a_raised_open_files_limit() {
     const HELD: usize = 10_000;
     // This test's own descriptors: its 10,000 client sockets.
     proc::raise_nofile(HELD as u64 + 1000, "10,000 client connections");
-    let up = ok_upstream();
+    let up = ok_upstream(Duration::ZERO);
     let (port, admin) = (free_port(), free_port());
     // A soft limit of 1024, as many runtimes start with; the hard limit stays: legate raises
     // its soft limit to it.
@@ -194,7 +149,7 @@ fn ten_thousand_connections_are_held_with_a_raised_open_files_limit() {
             TcpStream::connect(local(port)).unwrap_or_else(|e| panic!("connection {i}: {e}"));
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         assert_eq!(
-            request(&mut c).unwrap_or_else(|e| panic!("request {i}: {e}")),
+            ok_request(&mut c).unwrap_or_else(|e| panic!("request {i}: {e}")),
             200
         );
         held.push(c);
@@ -205,7 +160,7 @@ fn ten_thousand_connections_are_held_with_a_raised_open_files_limit() {
         .unwrap_or(0);
     // Every held connection still works, and a new one is served.
     for c in held.iter_mut().step_by(997) {
-        assert_eq!(request(c).expect("a held connection answers"), 200);
+        assert_eq!(ok_request(c).expect("a held connection answers"), 200);
     }
     assert_eq!(
         http_get(local(port), "/", Duration::from_secs(10))
@@ -227,7 +182,7 @@ fn ten_thousand_connections_are_held_with_a_raised_open_files_limit() {
 
 #[test]
 fn a_listener_at_max_connections_refuses_new_ones_and_is_not_ready() {
-    let up = ok_upstream();
+    let up = ok_upstream(Duration::ZERO);
     let (port, admin) = (free_port(), free_port());
     let dir = proc::TempDir::new("overload-max-conns");
     let cfg = dir.write(
@@ -250,7 +205,7 @@ fn a_listener_at_max_connections_refuses_new_ones_and_is_not_ready() {
         .map(|_| {
             let mut c = TcpStream::connect(local(port)).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            assert_eq!(request(&mut c).unwrap(), 200);
+            assert_eq!(ok_request(&mut c).unwrap(), 200);
             c
         })
         .collect();
@@ -264,7 +219,7 @@ fn a_listener_at_max_connections_refuses_new_ones_and_is_not_ready() {
     over.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     assert!(
-        request(&mut over).is_err(),
+        ok_request(&mut over).is_err(),
         "the 51st connection is refused"
     );
     let metrics = http_get(local(admin), "/metrics", Duration::from_secs(5)).unwrap();
@@ -274,7 +229,7 @@ fn a_listener_at_max_connections_refuses_new_ones_and_is_not_ready() {
     );
     assert!(refused >= Some(1.0), "{refused:?}");
     // The held ones still work; once some close, new ones are taken and /ready recovers.
-    assert_eq!(request(&mut held[0]).unwrap(), 200);
+    assert_eq!(ok_request(&mut held[0]).unwrap(), 200);
     held.truncate(40);
     wait_for("ready again", Duration::from_secs(10), || {
         (ready() == Some(200))
@@ -285,5 +240,5 @@ fn a_listener_at_max_connections_refuses_new_ones_and_is_not_ready() {
     again
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert_eq!(request(&mut again).unwrap(), 200);
+    assert_eq!(ok_request(&mut again).unwrap(), 200);
 }

@@ -86,7 +86,8 @@ impl Seen {
         }
     }
 
-    /// What a finished map has.
+    /// What a finished map has (the tests state heads as maps).
+    #[cfg(test)]
     pub fn of(h: &HeaderMap) -> Self {
         let mut seen = Seen::default();
         for name in h.keys() {
@@ -99,6 +100,40 @@ impl Seen {
         }
         seen
     }
+}
+
+/// A field httparse read that `http` refuses.
+#[derive(Debug)]
+pub enum BadField {
+    /// The name, as it came.
+    Name(String),
+    /// The value of this field.
+    Value(http::HeaderName),
+}
+
+/// A parsed head's fields as a map, each value a slice of `head` (the head's one copy; its
+/// bytes started at address `base` in the buffer httparse read), so no value allocates.
+/// `spare`: room for the fields the caller will add (growing a map reallocates and rehashes
+/// it). What the framing and keep-alive checks need is noted on the way ([`Seen`]). Both
+/// directions build their maps here.
+pub fn fields(
+    head: &bytes::Bytes,
+    base: usize,
+    parsed: &[httparse::Header<'_>],
+    spare: usize,
+) -> Result<(HeaderMap, Seen), BadField> {
+    let mut headers = HeaderMap::with_capacity(parsed.len() + spare);
+    let mut seen = Seen::default();
+    for h in parsed {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| BadField::Name(h.name.to_string()))?;
+        seen.note(&name);
+        let at = h.value.as_ptr() as usize - base;
+        let value = http::HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
+            .map_err(|_| BadField::Value(name.clone()))?;
+        headers.append(name, value);
+    }
+    Ok((headers, seen))
 }
 
 /// The Content-Length of a message: every value (and every comma-separated part) the same
@@ -152,12 +187,8 @@ fn codings(h: &HeaderMap) -> Option<Vec<String>> {
 /// How a request's body is delimited (RFC 9112 §6.3). Stricter than the RFC requires where it
 /// allows a choice: Transfer-Encoding with Content-Length is refused rather than resolved, as
 /// a front end and a back end that resolve it differently is how requests are smuggled.
-pub fn request_framing(h: &HeaderMap) -> Result<Decoder, FramingError> {
-    request_framing_seen(h, &Seen::of(h))
-}
-
-/// `request_framing` for a head whose fields were noted in `seen` as it was built.
-pub fn request_framing_seen(h: &HeaderMap, seen: &Seen) -> Result<Decoder, FramingError> {
+/// `seen`: the framing fields the head has, noted as its map was built ([`fields`]).
+pub fn request_framing(h: &HeaderMap, seen: &Seen) -> Result<Decoder, FramingError> {
     if !seen.content_length && !seen.transfer_encoding {
         return Ok(Decoder::length(0));
     }
@@ -219,17 +250,8 @@ pub fn request_framing_seen(h: &HeaderMap, seen: &Seen) -> Result<Decoder, Frami
 /// reused after it: only the end of the connection ends the body, or the framing was one a
 /// message splitter could exploit (Transfer-Encoding with Content-Length, or Transfer-Encoding
 /// in HTTP/1.0, §6.1: "the connection MUST be closed").
+/// `seen` as for [`request_framing`].
 pub fn response_framing(
-    head_request: bool,
-    version: Version,
-    status: StatusCode,
-    h: &HeaderMap,
-) -> Result<(Decoder, bool), FramingError> {
-    response_framing_seen(head_request, version, status, h, &Seen::of(h))
-}
-
-/// `response_framing` for a head whose fields were noted in `seen` as it was built.
-pub fn response_framing_seen(
     head_request: bool,
     version: Version,
     status: StatusCode,
@@ -267,17 +289,12 @@ pub fn response_framing_seen(
     })
 }
 
-/// `wants_keep_alive` for a head whose fields were noted in `seen`.
-pub fn wants_keep_alive_seen(version: Version, headers: &HeaderMap, seen: &Seen) -> bool {
-    if seen.connection {
-        wants_keep_alive(version, headers)
-    } else {
-        version != Version::HTTP_10
-    }
-}
-
 /// Whether the sender of a message with `version` and these headers keeps the connection open.
-pub fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+/// `seen` as for [`request_framing`]: without a `Connection` field the version decides.
+pub fn wants_keep_alive(version: Version, headers: &HeaderMap, seen: &Seen) -> bool {
+    if !seen.connection {
+        return version != Version::HTTP_10;
+    }
     let has = |token: &[u8]| {
         headers.get_all(header::CONNECTION).iter().any(|v| {
             v.as_bytes()
@@ -295,6 +312,24 @@ pub fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The tests state heads as finished maps: note their fields the way `fields` does.
+    fn request_framing(h: &HeaderMap) -> Result<Decoder, FramingError> {
+        super::request_framing(h, &Seen::of(h))
+    }
+
+    fn response_framing(
+        head_request: bool,
+        version: Version,
+        status: StatusCode,
+        h: &HeaderMap,
+    ) -> Result<(Decoder, bool), FramingError> {
+        super::response_framing(head_request, version, status, h, &Seen::of(h))
+    }
+
+    fn wants_keep_alive(version: Version, h: &HeaderMap) -> bool {
+        super::wants_keep_alive(version, h, &Seen::of(h))
+    }
     use http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -3,9 +3,9 @@
 //! limits a listener sets. What it refuses is answered 400, 431, 501 or 505 and the connection
 //! closed; nothing half-parsed goes upstream.
 
-use super::{request_framing_seen, wants_keep_alive_seen, Decoder, FramingError, Seen};
+use super::{fields, request_framing, wants_keep_alive, BadField, Decoder, FramingError};
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 /// A listener's head limits (`listeners[].limits`).
@@ -216,19 +216,12 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     let head = Bytes::copy_from_slice(&bytes[..len]);
     let base = bytes.as_ptr() as usize;
     // Room for the two fields legate usually adds (x-request-id, and a Host where HTTP/1.0
-    // had none): growing the map reallocates and rehashes it. More room costs memory in
-    // every request in flight (each slot ~100 B, rounded up to a power of two).
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
-    let mut seen = Seen::default();
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| malformed(format!("invalid header name `{}`", h.name)))?;
-        seen.note(&name);
-        let at = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
-            .map_err(|_| malformed(format!("invalid value for `{name}`")))?;
-        headers.append(name, value);
-    }
+    // had none). More room costs memory in every request in flight (each slot ~100 B, rounded
+    // up to a power of two).
+    let (headers, seen) = fields(&head, base, req.headers, 2).map_err(|e| match e {
+        BadField::Name(n) => malformed(format!("invalid header name `{n}`")),
+        BadField::Value(name) => malformed(format!("invalid value for `{name}`")),
+    })?;
     // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
     let hosts = seen.hosts;
     if hosts > 1 || (version == Version::HTTP_11 && hosts == 0) {
@@ -250,8 +243,8 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     if version == Version::HTTP_10 && seen.transfer_encoding {
         return Err(malformed("Transfer-Encoding in an HTTP/1.0 request"));
     }
-    let body = request_framing_seen(&headers, &seen)?;
-    let keep_alive = wants_keep_alive_seen(version, &headers, &seen);
+    let body = request_framing(&headers, &seen)?;
+    let keep_alive = wants_keep_alive(version, &headers, &seen);
     let expect_continue = version == Version::HTTP_11
         && seen.expect
         && headers

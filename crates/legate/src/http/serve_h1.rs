@@ -643,9 +643,9 @@ fn poll_read_into<R: AsyncRead + Unpin>(
 async fn client_gone(io: &mut ClientIo, buf: &mut BytesMut) -> bool {
     if buf.capacity() == 0 {
         if let ClientIo::Plain(s) = io {
-            // Readiness left over from reading the head would take a buffer at once: read
-            // into the stack until the socket says it is drained, and take a buffer only for
-            // bytes that came.
+            // Readiness can be left over from reading the head (a read that filled its buffer
+            // exactly; `ClientIo::drained` forgets it after a short one): read into the stack
+            // until the socket says it is drained, and take a buffer only for bytes that came.
             loop {
                 if s.readable().await.is_err() {
                     return true;

@@ -13,7 +13,7 @@ use super::connect::Io;
 use super::pool::FastReturn;
 use crate::h1::{Decoded, Decoder};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
@@ -215,22 +215,15 @@ pub(crate) fn parse_response_head(
     // own.
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
-    let mut seen = crate::h1::Seen::default();
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::Protocol("invalid header name".into()))?;
-        seen.note(&name);
-        let at = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
-            .map_err(|_| Error::Protocol(format!("invalid value for `{name}`")))?;
-        headers.append(name, value);
-    }
+    let (headers, seen) = crate::h1::fields(&head, base, r.headers, 0).map_err(|e| match e {
+        crate::h1::BadField::Name(_) => Error::Protocol("invalid header name".into()),
+        crate::h1::BadField::Value(name) => Error::Protocol(format!("invalid value for `{name}`")),
+    })?;
     buf.advance(len);
     let (framing, close_delimited) =
-        crate::h1::response_framing_seen(head_request, version, status, &headers, &seen)
+        crate::h1::response_framing(head_request, version, status, &headers, &seen)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-    let keep_alive = !close_delimited && crate::h1::wants_keep_alive_seen(version, &headers, &seen);
+    let keep_alive = !close_delimited && crate::h1::wants_keep_alive(version, &headers, &seen);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
@@ -374,6 +367,7 @@ impl H1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn request_encoding() {

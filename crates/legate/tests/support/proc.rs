@@ -891,3 +891,52 @@ pub fn nginx_ok(dir: &TempDir) -> (Proc, u16) {
     });
     (nginx, up_port)
 }
+
+/// A keep-alive HTTP/1.1 upstream on its own threads: every request head it reads is answered
+/// `200` with the body `ok`, `delay` after the head arrived (zero: at once).
+pub fn ok_upstream(delay: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = l.local_addr().expect("local_addr");
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if !delay.is_zero() {
+                            thread::sleep(delay);
+                        }
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One keep-alive `GET /` on `c` to an `ok_upstream` behind legate; the status.
+pub fn ok_request(c: &mut TcpStream) -> io::Result<u16> {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"ok")) {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got[9..12]).parse().unwrap_or(0))
+}
