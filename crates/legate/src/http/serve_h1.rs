@@ -222,13 +222,19 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
 ///
 /// This is the state a keep-alive connection spends its life in, so it is kept small: the
 /// drain is learnt from the worker's drain list (`server::drain`), not from a watch
-/// receiver's waiter, and only the idle timer is a future of its own.
-async fn idle(io: &mut ClientIo, settings: &Settings, list: drain::ListId) -> Option<BytesMut> {
+/// receiver's waiter, and the idle timer is the connection's (see `serve_conn`).
+async fn idle(
+    io: &mut ClientIo,
+    settings: &Settings,
+    list: drain::ListId,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Option<BytesMut> {
     if drain::is_draining(list) {
         return None;
     }
-    let timer = tokio::time::sleep(settings.idle_timeout);
-    tokio::pin!(timer);
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + settings.idle_timeout);
     let mut listed = drain::Listed::new(list);
     loop {
         let mut first = [0u8; 16];
@@ -312,9 +318,15 @@ pub fn serve_conn<'a>(
     ctx: &'a ConnCtx,
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
     async move {
+        // One idle timer for the connection's life, moved later at each idle wait: tokio moves
+        // a registered timer to a later instant without touching its wheel (the wheel finds
+        // the new instant when the old one comes), where a timer per wait was put in the wheel
+        // and taken out again for every request.
+        let timer = tokio::time::sleep(settings.idle_timeout);
+        tokio::pin!(timer);
         loop {
             let Some(conn) = io.as_mut() else { return };
-            let Some(buf) = idle(conn, settings, ctx.drain).await else {
+            let Some(buf) = idle(conn, settings, ctx.drain, timer.as_mut()).await else {
                 return;
             };
             let Some(conn) = io.take() else { return };
@@ -374,11 +386,19 @@ fn serve_one<'a>(
     settings: &'a Settings,
 ) -> impl std::future::Future<Output = Next> + Send + 'a {
     async move {
-        let read = tokio::time::timeout(
-            settings.header_read_timeout,
-            read_head(&mut io, &mut buf, &settings.limits),
-        )
-        .await;
+        // A head already whole in the buffer (the usual case: it came in the idle wait's
+        // read, or pipelined) needs no timer; `read_head` parses again only a partial one.
+        let read = match request_head::parse(&buf, &settings.limits) {
+            Ok(Some(head)) => Ok(HeadRead::Head(head)),
+            Err(e) => Ok(HeadRead::Refused(e)),
+            Ok(None) => {
+                tokio::time::timeout(
+                    settings.header_read_timeout,
+                    read_head(&mut io, &mut buf, &settings.limits),
+                )
+                .await
+            }
+        };
         let head = match read {
             Ok(HeadRead::Head(head)) => head,
             Ok(HeadRead::Refused(e)) => {
