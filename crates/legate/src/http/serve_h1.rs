@@ -223,63 +223,68 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
 /// This is the state a keep-alive connection spends its life in, so it is kept small: the
 /// drain is learnt from the worker's drain list (`server::drain`), not from a watch
 /// receiver's waiter, and the idle timer is the connection's (see `serve_conn`).
-async fn idle(
-    io: &mut ClientIo,
-    settings: &Settings,
+// Not an `async fn`: an async fn keeps its arguments twice in its state (rust-lang/rust#62958),
+// and this state is what every idle connection holds.
+#[allow(clippy::manual_async_fn)]
+fn idle<'a>(
+    io: &'a mut ClientIo,
+    settings: &'a Settings,
     list: drain::ListId,
-    mut timer: Pin<&mut tokio::time::Sleep>,
-) -> Option<BytesMut> {
-    if drain::is_draining(list) {
-        return None;
-    }
-    timer
-        .as_mut()
-        .reset(tokio::time::Instant::now() + settings.idle_timeout);
-    let mut listed = drain::Listed::new(list);
-    loop {
-        let mut first = [0u8; 16];
-        // A request that arrived with the drain is served (with `Connection: close`): closing
-        // with it unread would reset the connection under a request the client already sent.
-        let waited = poll_fn(|cx| {
-            if let Poll::Ready(w) = poll_next_request(io, &mut first, cx) {
-                return Poll::Ready(Some(w));
-            }
-            if listed.poll_draining(cx) {
-                return Poll::Ready(None);
-            }
-            timer.as_mut().poll(cx).map(|()| None)
-        })
-        .await?;
-        let mut buf = bufpool::take_read();
-        match (waited, &*io) {
-            (Ok(Waited::Read(n)), _) => buf.extend_from_slice(&first[..n]),
-            // Readiness can outlive the bytes that caused it (a read that filled its buffer
-            // exactly leaves it set): read now, and wait again if there was nothing after all,
-            // rather than start the head timer on an idle connection.
-            (Ok(Waited::Readable), ClientIo::Plain(s)) => match s.try_read_buf(&mut buf) {
-                Ok(0) => {
-                    bufpool::give_read(buf);
-                    return None;
-                }
-                // Still the poll that read: see `ClientIo::drained`.
-                Ok(n) if n < READ_SIZE => io.drained(),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    bufpool::give_read(buf);
-                    continue;
-                }
-                Err(_) => {
-                    bufpool::give_read(buf);
-                    return None;
-                }
-            },
-            (Ok(Waited::Readable), ClientIo::Tls(_)) => {}
-            (Ok(Waited::Closed) | Err(_), _) => {
-                bufpool::give_read(buf);
-                return None;
-            }
+    mut timer: Pin<&'a mut tokio::time::Sleep>,
+) -> impl std::future::Future<Output = Option<BytesMut>> + Send + 'a {
+    async move {
+        if drain::is_draining(list) {
+            return None;
         }
-        return Some(buf);
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + settings.idle_timeout);
+        let mut listed = drain::Listed::new(list);
+        loop {
+            let mut first = [0u8; 16];
+            // A request that arrived with the drain is served (with `Connection: close`): closing
+            // with it unread would reset the connection under a request the client already sent.
+            let waited = poll_fn(|cx| {
+                if let Poll::Ready(w) = poll_next_request(io, &mut first, cx) {
+                    return Poll::Ready(Some(w));
+                }
+                if listed.poll_draining(cx) {
+                    return Poll::Ready(None);
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await?;
+            let mut buf = bufpool::take_read();
+            match (waited, &*io) {
+                (Ok(Waited::Read(n)), _) => buf.extend_from_slice(&first[..n]),
+                // Readiness can outlive the bytes that caused it (a read that filled its buffer
+                // exactly leaves it set): read now, and wait again if there was nothing after all,
+                // rather than start the head timer on an idle connection.
+                (Ok(Waited::Readable), ClientIo::Plain(s)) => match s.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        bufpool::give_read(buf);
+                        return None;
+                    }
+                    // Still the poll that read: see `ClientIo::drained`.
+                    Ok(n) if n < READ_SIZE => io.drained(),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        bufpool::give_read(buf);
+                        continue;
+                    }
+                    Err(_) => {
+                        bufpool::give_read(buf);
+                        return None;
+                    }
+                },
+                (Ok(Waited::Readable), ClientIo::Tls(_)) => {}
+                (Ok(Waited::Closed) | Err(_), _) => {
+                    bufpool::give_read(buf);
+                    return None;
+                }
+            }
+            return Some(buf);
+        }
     }
 }
 
