@@ -185,9 +185,14 @@ pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<Parsed>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut slots);
-    let len = match r.parse(&buf[..]) {
+    // Uninitialised slots: httparse writes those it fills (see `h1::request::parse`).
+    let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut r,
+        &buf[..],
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD {
