@@ -1,4 +1,4 @@
-//! Per-worker pools of read and write buffers for the client-facing HTTP/1.1 server. A
+//! Per-worker pools of read and write buffers (and header maps) for the HTTP/1.1 server. A
 //! connection takes a buffer when a request starts arriving and gives it back when the
 //! exchange is done, so an idle keep-alive connection holds none (memcached's "network
 //! readbuf" change, for the same reason: an app's pool of hundreds of idle connections).
@@ -8,6 +8,7 @@
 //! that thread's pool.
 
 use bytes::BytesMut;
+use http::HeaderMap;
 use std::cell::RefCell;
 
 /// A read buffer's size: a request head of up to this many bytes is read with one `read`
@@ -24,9 +25,42 @@ pub const WRITE_FLUSH: usize = 8 * 1024;
 /// reuse them, few enough that a worker's spare buffers stay under 1 MiB.
 const KEEP: usize = 48;
 
+/// Header maps kept per worker, and the largest kept (a map's two blocks are sized by its
+/// capacity: one grown for an unusual message is let go).
+const KEEP_MAPS: usize = 32;
+const MAP_MAX_CAPACITY: usize = 64;
+
 thread_local! {
     static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `capacity` fields, for a parsed head (`h1::fields`, both
+/// directions). A map is two allocations; the server gives each response's map back once
+/// the response is written, so one request in two directions allocates one map, not two.
+pub fn take_map(capacity: usize) -> HeaderMap {
+    match MAPS.with(|p| p.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Gives a header map back (emptied here).
+pub fn give_map(mut map: HeaderMap) {
+    if map.capacity() > MAP_MAX_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < KEEP_MAPS {
+            p.push(map);
+        }
+    });
 }
 
 /// An empty read buffer with at least `READ_SIZE` bytes of room.
@@ -103,5 +137,22 @@ mod tests {
         let fresh = take_read();
         assert!(fresh.capacity() >= READ_SIZE);
         drop(held);
+    }
+
+    #[test]
+    fn header_maps_come_back_empty_and_large_ones_are_let_go() {
+        use http::header::{HeaderValue, HOST};
+        let mut m = take_map(8);
+        m.insert(HOST, HeaderValue::from_static("a"));
+        let cap = m.capacity();
+        give_map(m);
+        let m = take_map(4);
+        assert!(m.is_empty(), "a pooled map comes back empty");
+        assert_eq!(m.capacity(), cap, "and keeps its room");
+        give_map(m);
+        let big = take_map(MAP_MAX_CAPACITY * 2);
+        give_map(big);
+        let m = take_map(1);
+        assert!(m.capacity() <= MAP_MAX_CAPACITY, "a grown map is not kept");
     }
 }

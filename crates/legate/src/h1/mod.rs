@@ -122,7 +122,7 @@ pub fn fields(
     parsed: &[httparse::Header<'_>],
     spare: usize,
 ) -> Result<(HeaderMap, Seen), BadField> {
-    let mut headers = HeaderMap::with_capacity(parsed.len() + spare);
+    let mut headers = bufpool::take_map(parsed.len() + spare);
     let mut seen = Seen::default();
     for h in parsed {
         let name = http::HeaderName::from_bytes(h.name.as_bytes())

@@ -201,8 +201,12 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
             "request target holds characters a URI may not carry",
         ));
     }
-    let uri: Uri = target
-        .parse()
+    // One copy of the head; the target and every header value are slices of it (a target
+    // parsed from a `&str` would be a copy of its own per request).
+    let head = Bytes::copy_from_slice(&bytes[..len]);
+    let base = bytes.as_ptr() as usize;
+    let at = target.as_ptr() as usize - base;
+    let uri = Uri::from_maybe_shared(head.slice(at..at + target.len()))
         .map_err(|_| malformed(format!("invalid request target `{target}`")))?;
     // origin-form, absolute-form, authority-form only for CONNECT, `*` only for OPTIONS.
     let form_ok = match (&method, target.as_bytes().first()) {
@@ -216,9 +220,6 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
             "request target `{target}` is not valid for {method}"
         )));
     }
-    // One copy of the head; every header value is a slice of it.
-    let head = Bytes::copy_from_slice(&bytes[..len]);
-    let base = bytes.as_ptr() as usize;
     // Room for the two fields legate usually adds (x-request-id, and a Host where HTTP/1.0
     // had none). More room costs memory in every request in flight (each slot ~100 B, rounded
     // up to a power of two).

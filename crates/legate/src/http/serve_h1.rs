@@ -847,7 +847,7 @@ fn exchange<'a>(
         bufpool::give_write(out);
         // The response is complete (or failed): account for it before anything else.
         drop(body);
-        drop(parts);
+        bufpool::give_map(parts.headers);
         if written.is_err() {
             return Next::Close;
         }
