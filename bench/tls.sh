@@ -581,6 +581,28 @@ median() {
         awk '{ a[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
+# round_ratio_median CASE SYS OTHER...: the median over rounds of SYS's CPU per request divided
+# by the lowest of the OTHERs' in the same round ("n/a" without a complete round).
+round_ratio_median() {
+    local cs=$1 sys=$2 round v o best
+    shift 2
+    local -a ratios=()
+    for ((round = 1; round <= ROUNDS; round++)); do
+        v=${res_cpu[$round|$cs|$sys]:-}
+        [[ -n $v ]] || continue
+        best=""
+        for o in "$@"; do
+            o=${res_cpu[$round|$cs|$o]:-}
+            [[ -n $o ]] || continue
+            if [[ -z $best ]] || awk -v a="$o" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$o; fi
+        done
+        [[ -n $best ]] && ratios+=("$(awk -v a="$v" -v b="$best" 'BEGIN { printf "%.4f", a / b }')")
+    done
+    ((${#ratios[@]})) || { echo "n/a"; return; }
+    printf '%s\n' "${ratios[@]}" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR % 2) printf "%.3f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
 declare -A med_cpu med_rps
 for cs in $CASES; do
     for sys in "${systems[@]}"; do
@@ -695,6 +717,26 @@ report=$work/report.md
             med_ratio=$(printf '%s\n' "${ratios[@]}" | sort -g |
                 awk '{ a[NR] = $1 } END { if (NR % 2) printf "%.2f", a[(NR + 1) / 2]; else printf "%.3f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
             printf -- '- %s: %s (median %s); legate µs/req %s\n' "$cs" "${ratios[*]}" "$med_ratio" "$spread"
+        done
+        echo
+        # The best of two noisy peers, taken round by round, is biased low (the smaller of two
+        # samples), so the line above scores a system that equals its peers above 1.0. Per peer,
+        # and the same measure taken for every system (a control: nginx and HAProxy get it too):
+        echo "Per peer (median of round-by-round ratios), and the round-by-round measure above applied to every system (each against the best of the others; equal systems all score above 1.0 on it):"
+        echo
+        for cs in $CASES; do
+            line="- $cs:"
+            for peer in nginx haproxy; do
+                [[ " ${systems[*]} " == *" $peer "* ]] || continue
+                line+=" legate / $(sys_label "$peer") $(round_ratio_median "$cs" legate "$peer");"
+            done
+            line+=" each against the best of the others:"
+            for sys in "${systems[@]}"; do
+                others=()
+                for o in "${systems[@]}"; do [[ $o == "$sys" ]] || others+=("$o"); done
+                line+=" $(sys_label "$sys") $(round_ratio_median "$cs" "$sys" "${others[@]}"),"
+            done
+            echo "${line%,}"
         done
         echo
     fi
