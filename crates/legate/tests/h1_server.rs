@@ -1,6 +1,7 @@
 //! legate's own HTTP/1.1 server, spoken to with raw sockets: pipelining answered in order,
 //! `Expect: 100-continue`, chunked uploads streamed, HTTP/1.0 and `Connection: close`,
-//! refused heads, a slow body past `request_body_timeout`, and idle connections closed by the
+//! refused heads, a slow body past `request_body_timeout`, the keep-alive `idle_timeout`
+//! counted from each request, and idle connections closed by the
 //! drain while a busy one finishes with `Connection: close`.
 
 mod common;
@@ -230,4 +231,34 @@ async fn a_crlf_after_a_body_is_not_a_request_being_read() {
     let r = read_responses(&mut s, 1).await;
     assert_eq!(r.len(), 1, "the idle connection was kept");
     assert_eq!(r[0].0, 200);
+}
+
+/// `limits.idle_timeout` counts from the end of the last exchange, not from the connection's
+/// start: the connection keeps one timer and each idle wait moves it later (serve_h1). A
+/// request made after the first deadline would have passed (had the timer not moved) is
+/// answered; the connection is closed once it has been idle for the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_restarts_after_each_request() {
+    let (_up, lg) = with_limits("idle_timeout: 1s").await;
+    let mut s = TcpStream::connect(lg.addr).await.unwrap();
+    for i in 0..3 {
+        if i > 0 {
+            // 0.7 s, then 1.4 s from the first request: past the first deadline (1 s), within
+            // the moved ones (1.7 s, 2.4 s).
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        s.write_all(format!("GET /i{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let got = read_responses(&mut s, 1).await;
+        assert_eq!(got.len(), 1, "request {i} on the kept-alive connection");
+        assert_eq!(got[0].0, 200, "request {i}: {got:?}");
+    }
+    // Now idle: legate closes it (EOF, nothing more sent).
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("legate closes an idle connection after idle_timeout")
+        .unwrap();
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&rest));
 }

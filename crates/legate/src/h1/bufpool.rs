@@ -10,6 +10,7 @@
 use bytes::BytesMut;
 use http::HeaderMap;
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// A read buffer's size: a request head of up to this many bytes is read with one `read`
 /// (most apps' heads, a bearer token included, are under 2 KiB). Larger heads (up to
@@ -55,10 +56,15 @@ pub fn give_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    MAPS.with(|p| {
+    keep(&MAPS, map, KEEP_MAPS);
+}
+
+/// Puts `item` in this worker's `pool` unless it already holds `max`.
+fn keep<T>(pool: &'static LocalKey<RefCell<Vec<T>>>, item: T, max: usize) {
+    pool.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() < KEEP_MAPS {
-            p.push(map);
+        if p.len() < max {
+            p.push(item);
         }
     });
 }
@@ -84,12 +90,7 @@ pub fn give_read(mut buf: BytesMut) {
         // Grown for a large head: not worth keeping.
         return;
     }
-    READ.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < KEEP {
-            p.push(buf);
-        }
-    });
+    keep(&READ, buf, KEEP);
 }
 
 /// An empty write buffer.
@@ -104,12 +105,7 @@ pub fn give_write(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    WRITE.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < KEEP {
-            p.push(buf);
-        }
-    });
+    keep(&WRITE, buf, KEEP);
 }
 
 #[cfg(test)]
