@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# bench/rounds.sh - the two figures single runs cannot settle on this machine, in interleaved
+# rounds: requests per second with 1,000 busy client connections, and the latency legate and
+# nginx add at 2,000 requests per second.
+#
+# legate (one worker) and nginx (one worker process) run at once on core $PROXY_CPU as proxies
+# for one nginx upstream on core $LOAD_CPU; the load (wrk, loadgen) runs on $LOAD_CPU. Each
+# round measures the systems back to back, the order flipping between rounds:
+#   busy     wrk -t1 -c1000 -d$BUSY_DURATION: req/s, and each proxy's peak RSS (VmHWM) at the end
+#   latency  loadgen rate --rps 2000 --connections 50 --duration $RATE_DURATION through each
+#            proxy and straight to the upstream ("direct"): p50, p99; "added" is the proxy's
+#            p50 minus the direct path's in the same round
+# Ports are picked free (a leftover process on a fixed port once took half a run's traffic).
+#
+# Usage:   bash bench/rounds.sh
+#          ROUNDS=8 MEASURE=latency bash bench/rounds.sh
+# Env:     ROUNDS (4) MEASURE ("busy latency") BUSY_DURATION (8s) RATE_DURATION (4s)
+#          PROXY_CPU (0) LOAD_CPU (1) LEGATE_BIN LOADGEN_BIN KEEP_TMP
+# Needs:   nginx, wrk, taskset; loadgen (cargo build --release -p loadgen) for latency.
+set -euo pipefail
+
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
+root=$(cd -- "$here/.." && pwd)
+
+ROUNDS=${ROUNDS:-4}
+MEASURE=${MEASURE:-busy latency}
+BUSY_DURATION=${BUSY_DURATION:-8s}
+RATE_DURATION=${RATE_DURATION:-4s}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+LEGATE_BIN=${LEGATE_BIN:-$root/target/release/legate}
+LOADGEN_BIN=${LOADGEN_BIN:-$root/target/release/loadgen}
+KEEP_TMP=${KEEP_TMP:-0}
+
+die() {
+    printf '[rounds] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+for tool in nginx wrk taskset awk python3; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
+done
+[[ -x $LEGATE_BIN ]] || die "no legate binary at $LEGATE_BIN: cargo build --release -p legate"
+if [[ " $MEASURE " == *" latency "* ]]; then
+    [[ -x $LOADGEN_BIN ]] || die "no loadgen at $LOADGEN_BIN: cargo build --release -p loadgen"
+fi
+nginx_modules=$(nginx -V 2>&1)
+ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+declare -a pids=()
+declare -A chosen_ports=()
+work=$(mktemp -d "${TMPDIR:-/tmp}/legate-rounds.XXXXXX")
+chmod 711 "$work"
+trap cleanup EXIT INT TERM
+
+pick_port up_port
+pick_port legate_port
+pick_port nginx_port
+
+nginx_instance() {
+    local name=$1 cpu=$2 body=$3 dir=$work/$1
+    mkdir -p "$dir"
+    {
+        echo "worker_processes 1;"
+        echo "worker_rlimit_nofile 8192;"
+        nginx_common "$dir"
+        printf '%s\n}\n' "$body"
+    } >"$dir/nginx.conf"
+    nginx -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 ||
+        die "$name: nginx -t rejected $dir/nginx.conf"
+    taskset -c "$cpu" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" \
+        -g 'daemon off;' >"$dir/stderr.log" 2>&1 &
+    pids+=("$!")
+}
+
+nginx_instance upstream "$LOAD_CPU" "
+    server { listen 127.0.0.1:$up_port backlog=4096; location / { return 200 \"ok\\n\"; } }"
+nginx_instance proxy "$PROXY_CPU" "
+    upstream backend { server 127.0.0.1:$up_port; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$nginx_port backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+nginx_master=${pids[-1]}
+taskset -c "$PROXY_CPU" "$LEGATE_BIN" http --listen "127.0.0.1:$legate_port" \
+    --upstream "http://127.0.0.1:$up_port" --admin off --access-log off --workers 1 \
+    >"$work/legate.log" 2>&1 &
+pids+=("$!")
+legate_pid=$!
+
+for port in "$up_port" "$legate_port" "$nginx_port"; do
+    for ((i = 0; i < 100; i++)); do
+        curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+    curl -fs -o /dev/null "http://127.0.0.1:$port/" || die "nothing answers on 127.0.0.1:$port"
+done
+nginx_worker=$(tree_pids "$nginx_master" | awk '{print $2}')
+[[ -n $nginx_worker ]] || die "no nginx worker process found"
+
+port_of() { case $1 in legate) echo "$legate_port" ;; nginx) echo "$nginx_port" ;; direct) echo "$up_port" ;; esac; }
+pid_of() { case $1 in legate) echo "$legate_pid" ;; nginx) echo "$nginx_worker" ;; esac; }
+
+declare -A busy=() added=()
+for ((round = 1; round <= ROUNDS; round++)); do
+    order=(legate nginx)
+    ((round % 2)) || order=(nginx legate)
+    if [[ " $MEASURE " == *" busy "* ]]; then
+        for sys in "${order[@]}"; do
+            rps=$(taskset -c "$LOAD_CPU" wrk -t1 -c1000 -d"$BUSY_DURATION" "http://127.0.0.1:$(port_of "$sys")/" |
+                awk '/Requests\/sec/ { print $2 }')
+            hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$(pid_of "$sys")/status")
+            echo "round $round busy $sys: $rps req/s, peak RSS $hwm kB"
+            busy[$sys]+="$rps "
+        done
+    fi
+    if [[ " $MEASURE " == *" latency "* ]]; then
+        declare -A p50=()
+        for sys in direct "${order[@]}"; do
+            out=$(taskset -c "$LOAD_CPU" "$LOADGEN_BIN" rate --url "http://127.0.0.1:$(port_of "$sys")/" \
+                --rps 2000 --connections 50 --duration "$RATE_DURATION")
+            read -r p50[$sys] p99 < <(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p50_us"], d["p99_us"])' <<<"$out")
+            echo "round $round latency $sys: p50 ${p50[$sys]} µs, p99 $p99 µs"
+        done
+        for sys in legate nginx; do added[$sys]+="$((p50[$sys] - p50[direct])) "; done
+    fi
+done
+
+echo
+summary() { # NAME VALUES...: median and the values
+    python3 - "$@" <<'PY'
+import statistics, sys
+name, vals = sys.argv[1], [float(v) for v in sys.argv[2:]]
+print(f"- {name}: median {statistics.median(vals):g} ({' '.join(f'{v:g}' for v in vals)})")
+PY
+}
+if [[ " $MEASURE " == *" busy "* ]]; then
+    summary "busy req/s legate" ${busy[legate]}
+    summary "busy req/s nginx" ${busy[nginx]}
+    read -r -a bl <<<"${busy[legate]}"
+    read -r -a bn <<<"${busy[nginx]}"
+    ratios=()
+    for i in "${!bl[@]}"; do ratios+=("$(awk -v a="${bl[i]}" -v b="${bn[i]}" 'BEGIN { printf "%.3f", a / b }')"); done
+    summary "busy legate / nginx per round" "${ratios[@]}"
+fi
+if [[ " $MEASURE " == *" latency "* ]]; then
+    summary "added p50 µs legate" ${added[legate]}
+    summary "added p50 µs nginx" ${added[nginx]}
+    read -r -a al <<<"${added[legate]}"
+    read -r -a an <<<"${added[nginx]}"
+    diffs=()
+    for i in "${!al[@]}"; do diffs+=("$((al[i] - an[i]))"); done
+    summary "added p50 legate − nginx per round (µs)" "${diffs[@]}"
+fi
