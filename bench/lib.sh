@@ -186,3 +186,60 @@ tail_log() {
     log "--- $1"
     tail -n 15 -- "$1" | sed 's/^/    | /' >&2
 }
+
+# start_proxy_pair: legate (quick mode, one worker) and nginx (one worker process) side by side
+# on core $PROXY_CPU, both proxying one nginx upstream ("ok\n") on core $LOAD_CPU, each on a
+# free port. Waits until all three answer. Sets up_port, legate_port, nginx_port, legate_pid and
+# nginx_worker (the proxy's worker process, not its master). Uses the sourcing script's $work,
+# $pids, $LEGATE_BIN, $nginx_modules and `die`. (bench/cpu_split.sh, bench/rounds.sh)
+start_proxy_pair() {
+    local port i master
+    pick_port up_port
+    pick_port legate_port
+    pick_port nginx_port
+    single_nginx upstream "$LOAD_CPU" "
+    server { listen 127.0.0.1:$up_port backlog=4096; location / { return 200 \"ok\\n\"; } }"
+    single_nginx proxy "$PROXY_CPU" "
+    upstream backend { server 127.0.0.1:$up_port; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$nginx_port backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+    master=${pids[-1]}
+    taskset -c "$PROXY_CPU" "$LEGATE_BIN" http --listen "127.0.0.1:$legate_port" \
+        --upstream "http://127.0.0.1:$up_port" --admin off --access-log off --workers 1 \
+        >"$work/legate.log" 2>&1 &
+    pids+=("$!")
+    legate_pid=$!
+    for port in "$up_port" "$legate_port" "$nginx_port"; do
+        for ((i = 0; i < 100; i++)); do
+            curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
+            sleep 0.1
+        done
+        curl -fs -o /dev/null "http://127.0.0.1:$port/" || die "nothing answers on 127.0.0.1:$port"
+    done
+    nginx_worker=$(tree_pids "$master" | awk '{print $2}')
+    [[ -n $nginx_worker ]] || die "no nginx worker process found"
+}
+
+# single_nginx NAME CPU BODY: an nginx with one worker process (room for 8,192 descriptors) in
+# $work/NAME, pinned to CPU, its http block's servers in BODY; its pid joins $pids.
+single_nginx() {
+    local name=$1 cpu=$2 body=$3 dir=$work/$1
+    mkdir -p "$dir"
+    {
+        echo "worker_processes 1;"
+        echo "worker_rlimit_nofile 8192;"
+        nginx_common "$dir"
+        printf '%s\n}\n' "$body"
+    } >"$dir/nginx.conf"
+    nginx -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 ||
+        die "$name: nginx -t rejected $dir/nginx.conf"
+    taskset -c "$cpu" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" \
+        -g 'daemon off;' >"$dir/stderr.log" 2>&1 &
+    pids+=("$!")
+}

@@ -54,54 +54,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/legate-rounds.XXXXXX")
 chmod 711 "$work"
 trap cleanup EXIT INT TERM
 
-pick_port up_port
-pick_port legate_port
-pick_port nginx_port
-
-nginx_instance() {
-    local name=$1 cpu=$2 body=$3 dir=$work/$1
-    mkdir -p "$dir"
-    {
-        echo "worker_processes 1;"
-        echo "worker_rlimit_nofile 8192;"
-        nginx_common "$dir"
-        printf '%s\n}\n' "$body"
-    } >"$dir/nginx.conf"
-    nginx -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 ||
-        die "$name: nginx -t rejected $dir/nginx.conf"
-    taskset -c "$cpu" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" \
-        -g 'daemon off;' >"$dir/stderr.log" 2>&1 &
-    pids+=("$!")
-}
-
-nginx_instance upstream "$LOAD_CPU" "
-    server { listen 127.0.0.1:$up_port backlog=4096; location / { return 200 \"ok\\n\"; } }"
-nginx_instance proxy "$PROXY_CPU" "
-    upstream backend { server 127.0.0.1:$up_port; keepalive 64; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$nginx_port backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }
-    }"
-nginx_master=${pids[-1]}
-taskset -c "$PROXY_CPU" "$LEGATE_BIN" http --listen "127.0.0.1:$legate_port" \
-    --upstream "http://127.0.0.1:$up_port" --admin off --access-log off --workers 1 \
-    >"$work/legate.log" 2>&1 &
-pids+=("$!")
-legate_pid=$!
-
-for port in "$up_port" "$legate_port" "$nginx_port"; do
-    for ((i = 0; i < 100; i++)); do
-        curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
-        sleep 0.1
-    done
-    curl -fs -o /dev/null "http://127.0.0.1:$port/" || die "nothing answers on 127.0.0.1:$port"
-done
-nginx_worker=$(tree_pids "$nginx_master" | awk '{print $2}')
-[[ -n $nginx_worker ]] || die "no nginx worker process found"
+start_proxy_pair
 
 port_of() { case $1 in legate) echo "$legate_port" ;; nginx) echo "$nginx_port" ;; direct) echo "$up_port" ;; esac; }
 pid_of() { case $1 in legate) echo "$legate_pid" ;; nginx) echo "$nginx_worker" ;; esac; }
