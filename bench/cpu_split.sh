@@ -40,13 +40,7 @@ done
 [[ -x $LEGATE_BIN ]] || die "no legate binary at $LEGATE_BIN: cargo build --release -p legate"
 nginx_modules=$(nginx -V 2>&1)
 
-declare -a pids=()
-declare -A chosen_ports=()
-work=$(mktemp -d "${TMPDIR:-/tmp}/legate-cpu-split.XXXXXX")
-chmod 711 "$work"
-trap cleanup EXIT INT TERM
-
-start_proxy_pair
+start_proxy_pair cpu-split
 
 wrk_requests() { awk '/requests in/ { print $1 }'; }
 

@@ -187,13 +187,19 @@ tail_log() {
     tail -n 15 -- "$1" | sed 's/^/    | /' >&2
 }
 
-# start_proxy_pair: legate (quick mode, one worker) and nginx (one worker process) side by side
-# on core $PROXY_CPU, both proxying one nginx upstream ("ok\n") on core $LOAD_CPU, each on a
-# free port. Waits until all three answer. Sets up_port, legate_port, nginx_port, legate_pid and
-# nginx_worker (the proxy's worker process, not its master). Uses the sourcing script's $work,
-# $pids, $LEGATE_BIN, $nginx_modules and `die`. (bench/cpu_split.sh, bench/rounds.sh)
+# start_proxy_pair NAME: legate (quick mode, one worker) and nginx (one worker process) side by
+# side on core $PROXY_CPU, both proxying one nginx upstream ("ok\n") on core $LOAD_CPU, each on
+# a free port, in a new temp dir ($work, legate-NAME.*) cleaned up on exit. Waits until all
+# three answer. Sets up_port, legate_port, nginx_port, legate_pid and nginx_worker (the proxy's
+# worker process, not its master). Uses the sourcing script's $LEGATE_BIN, $KEEP_TMP,
+# $nginx_modules and `die`. (bench/cpu_split.sh, bench/rounds.sh)
 start_proxy_pair() {
     local port i master
+    declare -ga pids=()
+    declare -gA chosen_ports=()
+    work=$(mktemp -d "${TMPDIR:-/tmp}/legate-$1.XXXXXX")
+    chmod 711 "$work"
+    trap cleanup EXIT INT TERM
     pick_port up_port
     pick_port legate_port
     pick_port nginx_port

@@ -48,13 +48,7 @@ fi
 nginx_modules=$(nginx -V 2>&1)
 ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-declare -a pids=()
-declare -A chosen_ports=()
-work=$(mktemp -d "${TMPDIR:-/tmp}/legate-rounds.XXXXXX")
-chmod 711 "$work"
-trap cleanup EXIT INT TERM
-
-start_proxy_pair
+start_proxy_pair rounds
 
 port_of() { case $1 in legate) echo "$legate_port" ;; nginx) echo "$nginx_port" ;; direct) echo "$up_port" ;; esac; }
 pid_of() { case $1 in legate) echo "$legate_pid" ;; nginx) echo "$nginx_worker" ;; esac; }
@@ -85,28 +79,24 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 echo
-summary() { # NAME VALUES...: median and the values
+# compare WHAT UNIT OP "LEGATE VALUES" "NGINX VALUES": both medians, then legate against nginx
+# round by round (OP: ratio or difference) and its median.
+compare() {
     python3 - "$@" <<'PY'
 import statistics, sys
-name, vals = sys.argv[1], [float(v) for v in sys.argv[2:]]
-print(f"- {name}: median {statistics.median(vals):g} ({' '.join(f'{v:g}' for v in vals)})")
+what, unit, op = sys.argv[1:4]
+legate, nginx = ([float(v) for v in a.split()] for a in sys.argv[4:6])
+for name, vals in (("legate", legate), ("nginx", nginx)):
+    print(f"- {what} {name}: median {statistics.median(vals):g} {unit} ({' '.join(f'{v:g}' for v in vals)})")
+per = [a / b if op == "ratio" else a - b for a, b in zip(legate, nginx)]
+sign, fmt = ("/", "{:.3f}") if op == "ratio" else ("−", "{:.0f}")
+print(f"- {what} legate {sign} nginx per round: median {fmt.format(statistics.median(per))} "
+      f"({' '.join(fmt.format(v) for v in per)})")
 PY
 }
 if [[ " $MEASURE " == *" busy "* ]]; then
-    summary "busy req/s legate" ${busy[legate]}
-    summary "busy req/s nginx" ${busy[nginx]}
-    read -r -a bl <<<"${busy[legate]}"
-    read -r -a bn <<<"${busy[nginx]}"
-    ratios=()
-    for i in "${!bl[@]}"; do ratios+=("$(awk -v a="${bl[i]}" -v b="${bn[i]}" 'BEGIN { printf "%.3f", a / b }')"); done
-    summary "busy legate / nginx per round" "${ratios[@]}"
+    compare "busy" "req/s" ratio "${busy[legate]}" "${busy[nginx]}"
 fi
 if [[ " $MEASURE " == *" latency "* ]]; then
-    summary "added p50 µs legate" ${added[legate]}
-    summary "added p50 µs nginx" ${added[nginx]}
-    read -r -a al <<<"${added[legate]}"
-    read -r -a an <<<"${added[nginx]}"
-    diffs=()
-    for i in "${!al[@]}"; do diffs+=("$((al[i] - an[i]))"); done
-    summary "added p50 legate − nginx per round (µs)" "${diffs[@]}"
+    compare "added p50" "µs" difference "${added[legate]}" "${added[nginx]}"
 fi

@@ -194,15 +194,10 @@ enum HeadRead {
     Failed,
 }
 
-async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -> HeadRead {
+/// Reads until the head that `buf` holds the start of (parsed and found partial by the caller)
+/// is whole: each read is followed by one parse.
+async fn read_rest_of_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -> HeadRead {
     loop {
-        if !buf.is_empty() {
-            match request_head::parse(buf, limits) {
-                Ok(Some(head)) => return HeadRead::Head(head),
-                Ok(None) => {}
-                Err(e) => return HeadRead::Refused(e),
-            }
-        }
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_SIZE);
         }
@@ -213,6 +208,11 @@ async fn read_head(io: &mut ClientIo, buf: &mut BytesMut, limits: &HeadLimits) -
             // Still the poll that read: see `ClientIo::drained`.
             Ok(n) if n < room => io.drained(),
             Ok(_) => {}
+        }
+        match request_head::parse(buf, limits) {
+            Ok(Some(head)) => return HeadRead::Head(head),
+            Ok(None) => {}
+            Err(e) => return HeadRead::Refused(e),
         }
     }
 }
@@ -392,14 +392,14 @@ fn serve_one<'a>(
 ) -> impl std::future::Future<Output = Next> + Send + 'a {
     async move {
         // A head already whole in the buffer (the usual case: it came in the idle wait's
-        // read, or pipelined) needs no timer; `read_head` parses again only a partial one.
+        // read, or pipelined) needs no timer; only the rest of a partial one is read under it.
         let read = match request_head::parse(&buf, &settings.limits) {
             Ok(Some(head)) => Ok(HeadRead::Head(head)),
             Err(e) => Ok(HeadRead::Refused(e)),
             Ok(None) => {
                 tokio::time::timeout(
                     settings.header_read_timeout,
-                    read_head(&mut io, &mut buf, &settings.limits),
+                    read_rest_of_head(&mut io, &mut buf, &settings.limits),
                 )
                 .await
             }
