@@ -191,7 +191,8 @@ tail_log() {
 # side on core $PROXY_CPU, both proxying one nginx upstream ("ok\n") on core $LOAD_CPU, each on
 # a free port, in a new temp dir ($work, legate-NAME.*) cleaned up on exit. Waits until all
 # three answer. Sets up_port, legate_port, nginx_port, legate_pid and nginx_worker (the proxy's
-# worker process, not its master). Uses the sourcing script's $LEGATE_BIN, $KEEP_TMP,
+# worker process, not its master). nginx keeps $NGINX_KEEPALIVE (64) idle upstream connections,
+# legate its default (1,024). Uses the sourcing script's $LEGATE_BIN, $KEEP_TMP,
 # $nginx_modules and `die`. (bench/cpu_split.sh, bench/rounds.sh)
 start_proxy_pair() {
     local port i master
@@ -206,7 +207,7 @@ start_proxy_pair() {
     single_nginx upstream "$LOAD_CPU" "
     server { listen 127.0.0.1:$up_port backlog=4096; location / { return 200 \"ok\\n\"; } }"
     single_nginx proxy "$PROXY_CPU" "
-    upstream backend { server 127.0.0.1:$up_port; keepalive 64; keepalive_requests 1000000; }
+    upstream backend { server 127.0.0.1:$up_port; keepalive ${NGINX_KEEPALIVE:-64}; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$nginx_port backlog=4096;
         location / {

@@ -6,7 +6,8 @@
 # legate (one worker) and nginx (one worker process) run at once on core $PROXY_CPU as proxies
 # for one nginx upstream on core $LOAD_CPU; the load (wrk, loadgen) runs on $LOAD_CPU. Each
 # round measures the systems back to back, the order flipping between rounds:
-#   busy     wrk -t1 -c1000 -d$BUSY_DURATION: req/s, and each proxy's peak RSS (VmHWM) at the end
+#   busy     wrk -t1 -c1000 -d$BUSY_DURATION: req/s, each proxy's peak RSS (VmHWM) at the end, and
+#            the TCP connections opened meanwhile (nstat: wrk's 1,000 + the proxy's upstream ones)
 #   latency  loadgen rate --rps 2000 --connections 50 --duration $RATE_DURATION through each
 #            proxy and straight to the upstream ("direct"): p50, p99; "added" is the proxy's
 #            p50 minus the direct path's in the same round
@@ -15,6 +16,7 @@
 # Usage:   bash bench/rounds.sh
 #          ROUNDS=8 MEASURE=latency bash bench/rounds.sh
 # Env:     ROUNDS (4) MEASURE ("busy latency") BUSY_DURATION (8s) RATE_DURATION (4s)
+#          NGINX_KEEPALIVE (64: nginx's idle upstream connections; legate keeps up to 1,024)
 #          PROXY_CPU (0) LOAD_CPU (1) LEGATE_BIN LOADGEN_BIN KEEP_TMP
 # Needs:   nginx, wrk, taskset; loadgen (cargo build --release -p loadgen) for latency.
 set -euo pipefail
@@ -59,10 +61,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
     ((round % 2)) || order=(nginx legate)
     if [[ " $MEASURE " == *" busy "* ]]; then
         for sys in "${order[@]}"; do
+            nstat -n 2>/dev/null || true
             rps=$(taskset -c "$LOAD_CPU" wrk -t1 -c1000 -d"$BUSY_DURATION" "http://127.0.0.1:$(port_of "$sys")/" |
                 awk '/Requests\/sec/ { print $2 }')
+            # TCP connections opened on this host during the run: wrk's 1,000 plus the proxy's
+            # new upstream connections (a pool smaller than the concurrency churns them).
+            opened=$(nstat 2>/dev/null | awk '/TcpActiveOpens/ { print $2 }')
             hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$(pid_of "$sys")/status")
-            echo "round $round busy $sys: $rps req/s, peak RSS $hwm kB"
+            echo "round $round busy $sys: $rps req/s, peak RSS $hwm kB, TCP connections opened ${opened:-?}"
             busy[$sys]+="$rps "
         done
     fi

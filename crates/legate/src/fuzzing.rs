@@ -116,7 +116,8 @@ pub fn h1_request(data: &[u8]) {
     );
     let (parts, ()) = head.request.into_parts();
     let req = Request::from_parts(parts, crate::http::body::ReqBody::Empty);
-    let wire = crate::upstream::h1::encode(&req, &|_| {});
+    let mut wire = Vec::new();
+    crate::upstream::h1::encode(&req, &|_| {}, &mut wire);
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut back = httparse::Request::new(&mut slots);
     match back.parse(&wire) {

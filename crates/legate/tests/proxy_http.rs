@@ -329,6 +329,46 @@ async fn pool_respects_max_idle_and_idle_timeout() {
     );
 }
 
+/// With default settings, a burst of concurrent requests leaves its upstream connections in the
+/// pool and the next burst of the same size reuses every one (a cap on idle connections below
+/// the concurrency made each burst close and reopen what was over the cap). The upstream holds
+/// each request until the whole burst has arrived, so a burst of 100 needs 100 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_64_reuses_its_upstream_connections_by_default() {
+    const BURST: usize = 100;
+    let all_in = Arc::new(tokio::sync::Barrier::new(BURST));
+    let up = upstream(Proto::H1, move |_req| {
+        let all_in = all_in.clone();
+        async move {
+            all_in.wait().await;
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let legate = Legate::start(&config(up.addr, "", ""));
+    let burst = || async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            let addr = legate.addr;
+            set.spawn(async move { get(addr, "/").await.status });
+        }
+        let statuses = set.join_all().await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        burst().await;
+        assert_eq!(up.connections(), BURST, "the first burst opens one each");
+        burst().await;
+    })
+    .await
+    .expect("the bursts did not finish (hang guard)");
+    assert_eq!(
+        up.connections(),
+        BURST,
+        "the second burst found all {BURST} connections in the pool"
+    );
+}
+
 /// An upstream that closes each connection right after answering (without `Connection: close`):
 /// every pooled connection is dead by the time it is reused. Clients must never see that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

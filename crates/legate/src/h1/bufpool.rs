@@ -10,7 +10,6 @@
 use bytes::BytesMut;
 use http::HeaderMap;
 use std::cell::RefCell;
-use std::thread::LocalKey;
 
 /// A read buffer's size: a request head of up to this many bytes is read with one `read`
 /// (most apps' heads, a bearer token included, are under 2 KiB). Larger heads (up to
@@ -22,26 +21,74 @@ pub const READ_SIZE: usize = 2 * 1024;
 /// up to `WRITE_FLUSH` before it is written.
 pub const WRITE_SIZE: usize = 2 * 1024;
 pub const WRITE_FLUSH: usize = 8 * 1024;
-/// Buffers kept per worker beyond those in use: enough for a burst of concurrent requests to
-/// reuse them, few enough that a worker's spare buffers stay under 1 MiB.
-const KEEP: usize = 48;
+/// Spare buffers (and maps) kept per worker, at most: as many as a burst of concurrent
+/// requests takes. Below this a thousand requests in flight took their buffers from the
+/// allocator and gave them back to it at every request (2 KiB blocks, past glibc's per-thread
+/// cache: its slower bins, with consolidation). Spares a whole `trim` period left unused are
+/// let go, so a burst does not leave its buffers behind.
+const KEEP: usize = 1024;
 
-/// Header maps kept per worker, and the largest kept (a map's two blocks are sized by its
-/// capacity: one grown for an unusual message is let go).
-const KEEP_MAPS: usize = 32;
+/// Header maps larger than this are let go (a map's two blocks are sized by its capacity: one
+/// grown for an unusual message is not kept).
 const MAP_MAX_CAPACITY: usize = 64;
 
+/// A worker's spares of one kind, and the fewest it held since the last `trim`: that many
+/// were not needed all period.
+struct Spares<T> {
+    items: Vec<T>,
+    low: usize,
+}
+
+impl<T> Spares<T> {
+    const fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            low: 0,
+        }
+    }
+
+    fn take(&mut self) -> Option<T> {
+        let item = self.items.pop();
+        self.low = self.low.min(self.items.len());
+        item
+    }
+
+    fn keep(&mut self, item: T) {
+        if self.items.len() < KEEP {
+            self.items.push(item);
+        }
+    }
+
+    /// Lets go of the spares unused since the last call (the oldest first).
+    fn trim(&mut self) {
+        self.items.drain(..self.low);
+        if self.items.is_empty() {
+            self.items = Vec::new();
+        }
+        self.low = self.items.len();
+    }
+}
+
 thread_local! {
-    static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static READ: RefCell<Spares<BytesMut>> = const { RefCell::new(Spares::new()) };
+    static WRITE: RefCell<Spares<Vec<u8>>> = const { RefCell::new(Spares::new()) };
+    static MAPS: RefCell<Spares<HeaderMap>> = const { RefCell::new(Spares::new()) };
+}
+
+/// Lets go of this worker's spares that a whole period since the last call left unused (the
+/// worker's pool sweep calls it every few seconds).
+pub fn trim() {
+    READ.with(|p| p.borrow_mut().trim());
+    WRITE.with(|p| p.borrow_mut().trim());
+    MAPS.with(|p| p.borrow_mut().trim());
 }
 
 /// An empty header map with room for `capacity` fields, for a parsed head (`h1::fields`, both
 /// directions). A map is two allocations; the server gives each response's map back once
-/// the response is written, so one request in two directions allocates one map, not two.
+/// the response is written and forwarding gives the request's back when it ends, so a warm
+/// worker allocates none.
 pub fn take_map(capacity: usize) -> HeaderMap {
-    match MAPS.with(|p| p.borrow_mut().pop()) {
+    match MAPS.with(|p| p.borrow_mut().take()) {
         Some(mut map) => {
             map.reserve(capacity);
             map
@@ -56,22 +103,12 @@ pub fn give_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    keep(&MAPS, map, KEEP_MAPS);
-}
-
-/// Puts `item` in this worker's `pool` unless it already holds `max`.
-fn keep<T>(pool: &'static LocalKey<RefCell<Vec<T>>>, item: T, max: usize) {
-    pool.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < max {
-            p.push(item);
-        }
-    });
+    MAPS.with(|p| p.borrow_mut().keep(map));
 }
 
 /// An empty read buffer with at least `READ_SIZE` bytes of room.
 pub fn take_read() -> BytesMut {
-    READ.with(|p| p.borrow_mut().pop())
+    READ.with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
 }
 
@@ -90,13 +127,13 @@ pub fn give_read(mut buf: BytesMut) {
         // Grown for a large head: not worth keeping.
         return;
     }
-    keep(&READ, buf, KEEP);
+    READ.with(|p| p.borrow_mut().keep(buf));
 }
 
 /// An empty write buffer.
 pub fn take_write() -> Vec<u8> {
     WRITE
-        .with(|p| p.borrow_mut().pop())
+        .with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| Vec::with_capacity(WRITE_SIZE))
 }
 
@@ -105,7 +142,7 @@ pub fn give_write(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    keep(&WRITE, buf, KEEP);
+    WRITE.with(|p| p.borrow_mut().keep(buf));
 }
 
 #[cfg(test)]
@@ -133,6 +170,30 @@ mod tests {
         let fresh = take_read();
         assert!(fresh.capacity() >= READ_SIZE);
         drop(held);
+    }
+
+    #[test]
+    fn spares_unused_for_a_whole_period_are_let_go() {
+        let mut s = Spares::new();
+        for i in 0..10 {
+            s.keep(i);
+        }
+        s.trim();
+        assert_eq!(s.items.len(), 10, "a first period only marks");
+        // This period takes down to 7 spares, then gives them back.
+        let taken: Vec<_> = (0..3).filter_map(|_| s.take()).collect();
+        for i in taken {
+            s.keep(i);
+        }
+        s.trim();
+        assert_eq!(s.items.len(), 3, "the 7 never taken go");
+        s.trim();
+        assert!(s.items.is_empty(), "and the rest a period later");
+        assert_eq!(s.items.capacity(), 0, "with the list's own room");
+        for i in 0..KEEP + 5 {
+            s.keep(i);
+        }
+        assert_eq!(s.items.len(), KEEP, "never more than KEEP");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod bufpool;
 mod decode;
 pub mod futurepool;
+pub mod head_copy;
 pub mod request;
 
 pub use decode::{Decoded, Decoder};

@@ -4,7 +4,6 @@
 //! closed; nothing half-parsed goes upstream.
 
 use super::{fields, request_framing, wants_keep_alive, BadField, Decoder, FramingError};
-use bytes::Bytes;
 use http::header;
 use http::{Method, Request, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
@@ -203,7 +202,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     }
     // One copy of the head; the target and every header value are slices of it (a target
     // parsed from a `&str` would be a copy of its own per request).
-    let head = Bytes::copy_from_slice(&bytes[..len]);
+    let head = super::head_copy::copy(&bytes[..len]);
     let base = bytes.as_ptr() as usize;
     let at = target.as_ptr() as usize - base;
     let uri = Uri::from_maybe_shared(head.slice(at..at + target.len()))

@@ -51,6 +51,20 @@ impl Head {
     }
 }
 
+/// The request the tries send. Its header map goes back to the worker's pool when forwarding
+/// ends (`h1::bufpool`), on every one of the retry loop's exits: with the response's map, which
+/// the server gives back, a request allocates no map at all once the pool is warm. A request
+/// hyper's client consumed took its map along.
+struct Slot(Option<Request<ReqBody>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(req) = self.0.as_mut() {
+            crate::h1::bufpool::give_map(std::mem::take(req.headers_mut()));
+        }
+    }
+}
+
 struct Replay {
     /// Only when the request may be consumed by a try (see above).
     head: Option<Head>,
@@ -95,10 +109,10 @@ pub fn forward<'a>(
             .retry
             .as_ref()
             .filter(|p| !upgrade && p.attempts > 1 && p.allows_method(&parts.method));
-        let mut first: Option<Request<ReqBody>>;
+        let mut first = Slot(None);
         let mut replay = None;
         match policy {
-            None => first = Some(Request::from_parts(parts, body)),
+            None => first.0 = Some(Request::from_parts(parts, body)),
             Some(p) => match match body {
                 // Nothing to read: no timer either.
                 ReqBody::Empty => Ok(Buffered::Whole {
@@ -122,7 +136,7 @@ pub fn forward<'a>(
                         version: parts.version,
                         headers: parts.headers.clone(),
                     });
-                    first = Some(Request::from_parts(
+                    first.0 = Some(Request::from_parts(
                         parts,
                         ReqBody::replay(&data, &trailers),
                     ));
@@ -135,7 +149,7 @@ pub fn forward<'a>(
                 Ok(Buffered::TooLarge(body)) => {
                     obs.replay_skipped = true;
                     tracing::debug!(route = %route.name, "request body larger than max_replay_body: streamed, not retried");
-                    first = Some(Request::from_parts(parts, body));
+                    first.0 = Some(Request::from_parts(parts, body));
                 }
             },
         }
@@ -150,13 +164,13 @@ pub fn forward<'a>(
             // HTTP/1.1 client sends it without consuming it, so the next try can send it
             // again), and only a try through hyper's client takes it. Moving it in and out of
             // each try instead cost a copy of its 352 bytes at every step.
-            if first.is_none() {
+            if first.0.is_none() {
                 match replay
                     .as_ref()
                     .and_then(|r| r.head.as_ref().map(|h| (h, r)))
                 {
                     Some((head, r)) => {
-                        first = Some(head.request(ReqBody::replay(&r.data, &r.trailers)));
+                        first.0 = Some(head.request(ReqBody::replay(&r.data, &r.trailers)));
                     }
                     // Unreachable: without a request to send again the loop returns after a try.
                     None => {
@@ -171,8 +185,16 @@ pub fn forward<'a>(
                 t.begin_attempt();
             }
             let trace = obs.trace.as_deref();
-            let (result, outcome, endpoint) =
-                attempt(pools, route, &mut first, trace, upgrade, &failed, &deadline).await;
+            let (result, outcome, endpoint) = attempt(
+                pools,
+                route,
+                &mut first.0,
+                trace,
+                upgrade,
+                &failed,
+                &deadline,
+            )
+            .await;
             if let Some(t) = obs.trace.as_deref_mut().filter(|t| t.recording()) {
                 let (status, error) = match &result {
                     Ok((resp, ..)) => (Some(resp.status().as_u16()), None),
@@ -194,7 +216,7 @@ pub fn forward<'a>(
                 return result;
             }
             let Some(p) = policy else { return result };
-            let can_resend = first.is_some() || replay.as_ref().is_some_and(|r| r.head.is_some());
+            let can_resend = first.0.is_some() || replay.as_ref().is_some_and(|r| r.head.is_some());
             if replay.is_none() || !can_resend || obs.attempts >= p.attempts {
                 return result;
             }

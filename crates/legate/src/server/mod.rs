@@ -307,6 +307,8 @@ fn run_worker(
                 loop {
                     tick.tick().await;
                     pools.sweep();
+                    // The HTTP/1.1 server's spare buffers, on this worker's thread.
+                    crate::h1::bufpool::trim();
                 }
             })
         };

@@ -118,12 +118,14 @@ impl H1Conn {
         extra: &(dyn Fn(&mut Vec<u8>) + Sync),
         give_back: FastReturn,
     ) -> Result<Response<H1Body>, Failure> {
-        let head = encode(req, extra);
+        let mut head = crate::h1::bufpool::take_write();
+        encode(req, extra, &mut head);
         let written = async {
             self.io.write_all(&head).await?;
             self.io.flush().await
         }
         .await;
+        crate::h1::bufpool::give_write(head);
         if let Err(e) = written {
             return Err(Failure {
                 error: Error::Io(e),
@@ -133,7 +135,13 @@ impl H1Conn {
         }
         let head_request = req.method() == Method::HEAD;
         loop {
-            match parse_response_head(&mut self.buf, head_request) {
+            // Nothing read yet (the usual case at this point): no parse of an empty buffer.
+            let parsed = if self.buf.is_empty() {
+                Ok(None)
+            } else {
+                parse_response_head(&mut self.buf, head_request)
+            };
+            match parsed {
                 Ok(Some(Parsed::Informational)) => continue,
                 Ok(Some(Parsed::Final(resp, framing, keep_alive))) => {
                     let mut body = H1Body {
@@ -218,7 +226,7 @@ pub(crate) fn parse_response_head(
     }
     // One copy of the head; every header value is a slice of it, not an allocation of its
     // own.
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let head = crate::h1::head_copy::copy(&buf[..len]);
     let base = buf.as_ptr() as usize;
     let (headers, seen) = crate::h1::fields(&head, base, r.headers, 0).map_err(|e| match e {
         crate::h1::BadField::Name(_) => Error::Protocol("invalid header name".into()),
@@ -244,16 +252,18 @@ pub(crate) enum Parsed {
 /// The request line, headers and (in-memory) body as one buffer: one write.
 /// The request head (and an in-memory body); `extra` appends whole `name: value\r\n` lines to
 /// the header block (the trace headers).
+/// Appended to `out` (a pooled write buffer: no allocation per request).
 pub(crate) fn encode(
     req: &Request<crate::http::body::ReqBody>,
     extra: &(dyn Fn(&mut Vec<u8>) + Sync),
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) {
     let body: &[u8] = match req.body() {
         crate::http::body::ReqBody::Full { data: Some(d), .. } => d,
         _ => &[],
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(256 + body.len());
+    out.reserve(256 + body.len());
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
@@ -267,7 +277,7 @@ pub(crate) fn encode(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    extra(&mut out);
+    extra(out);
     // A body, or a method whose request normally carries one, gets its length.
     let payload_method = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || payload_method {
@@ -277,7 +287,6 @@ pub(crate) fn encode(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
 }
 
 /// A response body read straight from the connection.
@@ -386,12 +395,17 @@ mod tests {
             .insert(header::HOST, HeaderValue::from_static("up"));
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let encoded = |r: &Request<crate::http::body::ReqBody>| {
+            let mut out = Vec::new();
+            encode(r, &|_| {}, &mut out);
+            out
+        };
         assert_eq!(
-            encode(&r, &|_| {}),
+            encoded(&r),
             b"POST /p?q=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\nhi".to_vec()
         );
         let mut g = Request::new(crate::http::body::ReqBody::Empty);
         *g.uri_mut() = "/".parse().unwrap();
-        assert_eq!(encode(&g, &|_| {}), b"GET / HTTP/1.1\r\n\r\n".to_vec());
+        assert_eq!(encoded(&g), b"GET / HTTP/1.1\r\n\r\n".to_vec());
     }
 }
