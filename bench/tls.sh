@@ -20,8 +20,11 @@
 # Usage:   bash bench/tls.sh
 #          SYSTEMS="nginx haproxy" DURATION=2s ROUNDS=1 bash bench/tls.sh
 #          UPSTREAM=haproxy CASES="plain tls" ROUNDS=4 bash bench/tls.sh
+#          RATE=10000 UPSTREAM=haproxy CASES="tls mtls" ROUNDS=6 bash bench/tls.sh
 # Env:     DURATION WARMUP ROUNDS SYSTEMS CASES UPSTREAM WRK_CONNECTIONS PROXY_CPU LOAD_CPU
 #          READY_TIMEOUT LEGATE_BIN RESULTS_FILE KEEP_TMP FOREIGN_WARN_PCT
+#          RATE: measure at this fixed request rate (loadgen rate, open loop, WRK_CONNECTIONS
+#          connections) instead of wrk's closed loop; LOADGEN_BIN (target/release/loadgen)
 #
 # The markdown report goes to stdout and $RESULTS_FILE; progress goes to stderr.
 # Exits non-zero if any case failed (no "ok" through the proxy, wrk errors).
@@ -41,6 +44,8 @@ UPSTREAM=${UPSTREAM:-nginx}
 [[ $UPSTREAM == nginx || $UPSTREAM == haproxy ]] || die "UPSTREAM must be nginx or haproxy"
 [[ $UPSTREAM == nginx ]] || command -v haproxy >/dev/null 2>&1 || die "UPSTREAM=haproxy needs haproxy installed"
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
+RATE=${RATE:-}
+LOADGEN_BIN=${LOADGEN_BIN:-$root/target/release/loadgen}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-15}
@@ -62,6 +67,7 @@ die() {
 for tool in nginx openssl wrk curl taskset getconf awk; do
     command -v "$tool" >/dev/null 2>&1 || die "required tool not found: $tool"
 done
+[[ -z $RATE || -x $LOADGEN_BIN ]] || die "RATE needs loadgen at $LOADGEN_BIN: cargo build --release -p loadgen"
 [[ -d /proc/self ]] || die "/proc is required (Linux only)"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 ncpu=$(getconf _NPROCESSORS_ONLN)
@@ -497,7 +503,27 @@ run_one() {
     up0=$(cpu_ticks $up_tree)
     # shellcheck disable=SC2086 # word splitting of the pid list is intended
     t0=$(cpu_ticks $tree)
-    if ! taskset -c "$LOAD_CPU" wrk -t1 -c"$WRK_CONNECTIONS" -d"$DURATION" "$url" >"$out" 2>&1; then
+    if [[ -n $RATE ]]; then
+        # Open loop at a fixed rate: every system serves the same load, so the CPU per request
+        # compares the proxies at equal work, not at whatever rate a closed loop settles on
+        # (a proxy that does not saturate its core pays for the upstream's batching too).
+        # The output is rewritten in wrk's terms for the parsing below.
+        if ! taskset -c "$LOAD_CPU" "$LOADGEN_BIN" rate --url "$url" --rps "$RATE"             --connections "$WRK_CONNECTIONS" --duration "$DURATION" >"$out.json" 2>"$out.err"; then
+            tail_log "$out.err"
+            fail "$key" "loadgen failed"
+            stop_tree "$pid"
+            return 0
+        fi
+        python3 - "$out.json" "$DURATION" >"$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+secs = float(sys.argv[2].rstrip("s"))
+print(f"  {d['ok']} requests in {secs}s, 0MB read")
+print(f"Requests/sec: {d['achieved_rps']}")
+if d["errors"]:
+    print(f"Non-2xx or 3xx responses: {d['errors']}")
+PY
+    elif ! taskset -c "$LOAD_CPU" wrk -t1 -c"$WRK_CONNECTIONS" -d"$DURATION" "$url" >"$out" 2>&1; then
         tail_log "$out"
         fail "$key" "wrk failed"
         stop_tree "$pid"
@@ -791,8 +817,13 @@ report=$work/report.md
         printf 'Proxy on cpu %s; upstream (HAProxy %s, `http-request return 200 "ok"`, EC P-256 certs, TLSv1.2+1.3) and wrk on cpu %s. ' \
             "$PROXY_CPU" "$haproxy_version" "$LOAD_CPU"
     fi
-    printf 'wrk -t1 -c%s -d%s after a %s warm-up, plain HTTP/1.1 keep-alive to the proxy.\n' \
-        "$WRK_CONNECTIONS" "$DURATION" "$WARMUP"
+    if [[ -n $RATE ]]; then
+        printf 'loadgen rate --rps %s --connections %s --duration %s (a fixed rate, open loop) after a %s wrk warm-up, plain HTTP/1.1 keep-alive to the proxy.\n' \
+            "$RATE" "$WRK_CONNECTIONS" "$DURATION" "$WARMUP"
+    else
+        printf 'wrk -t1 -c%s -d%s after a %s warm-up, plain HTTP/1.1 keep-alive to the proxy.\n' \
+            "$WRK_CONNECTIONS" "$DURATION" "$WARMUP"
+    fi
 } >"$report"
 
 mkdir -p -- "$(dirname -- "$RESULTS_FILE")"
