@@ -1,7 +1,8 @@
-//! Per-worker pools of read and write buffers (and header maps) for the HTTP/1.1 server. A
-//! connection takes a buffer when a request starts arriving and gives it back when the
-//! exchange is done, so an idle keep-alive connection holds none (memcached's "network
-//! readbuf" change, for the same reason: an app's pool of hundreds of idle connections).
+//! Per-worker pools of read and write buffers and header maps, for the HTTP/1.1 server (and
+//! the upstream client's request heads and response maps). A connection takes a buffer when a
+//! request starts arriving and gives it back when the exchange is done, so an idle keep-alive
+//! connection holds none (memcached's "network readbuf" change, for the same reason: an app's
+//! pool of hundreds of idle connections).
 //!
 //! Each worker thread runs its own runtime, so a thread-local pool needs no lock; a buffer
 //! given back on another thread (a request body finished by a task elsewhere) simply joins

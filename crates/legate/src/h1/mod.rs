@@ -112,14 +112,13 @@ pub enum BadField {
     Value(http::HeaderName),
 }
 
-/// A parsed head's fields as a map, each value a slice of `head` (the head's one copy; its
-/// bytes started at address `base` in the buffer httparse read), so no value allocates.
+/// A parsed head's fields as a map, each value a slice of the head's one copy (`head`, made
+/// from the bytes httparse parsed), so no value allocates.
 /// `spare`: room for the fields the caller will add (growing a map reallocates and rehashes
 /// it). What the framing and keep-alive checks need is noted on the way ([`Seen`]). Both
 /// directions build their maps here.
 pub fn fields(
-    head: &bytes::Bytes,
-    base: usize,
+    head: &head_copy::HeadCopy,
     parsed: &[httparse::Header<'_>],
     spare: usize,
 ) -> Result<(HeaderMap, Seen), BadField> {
@@ -129,8 +128,7 @@ pub fn fields(
         let name = http::HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| BadField::Name(h.name.to_string()))?;
         seen.note(&name);
-        let at = h.value.as_ptr() as usize - base;
-        let value = http::HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
+        let value = http::HeaderValue::from_maybe_shared(head.slice_of(h.value))
             .map_err(|_| BadField::Value(name.clone()))?;
         headers.append(name, value);
     }

@@ -202,10 +202,8 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     }
     // One copy of the head; the target and every header value are slices of it (a target
     // parsed from a `&str` would be a copy of its own per request).
-    let head = super::head_copy::copy(&bytes[..len]);
-    let base = bytes.as_ptr() as usize;
-    let at = target.as_ptr() as usize - base;
-    let uri = Uri::from_maybe_shared(head.slice(at..at + target.len()))
+    let head = super::head_copy::HeadCopy::new(&bytes[..len]);
+    let uri = Uri::from_maybe_shared(head.slice_of(target.as_bytes()))
         .map_err(|_| malformed(format!("invalid request target `{target}`")))?;
     // origin-form, absolute-form, authority-form only for CONNECT, `*` only for OPTIONS.
     let form_ok = match (&method, target.as_bytes().first()) {
@@ -222,7 +220,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Hea
     // Room for the two fields legate usually adds (x-request-id, and a Host where HTTP/1.0
     // had none). More room costs memory in every request in flight (each slot ~100 B, rounded
     // up to a power of two).
-    let (headers, seen) = fields(&head, base, req.headers, 2).map_err(|e| match e {
+    let (headers, seen) = fields(&head, req.headers, 2).map_err(|e| match e {
         BadField::Name(n) => malformed(format!("invalid header name `{n}`")),
         BadField::Value(name) => malformed(format!("invalid value for `{name}`")),
     })?;

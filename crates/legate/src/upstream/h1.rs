@@ -226,9 +226,8 @@ pub(crate) fn parse_response_head(
     }
     // One copy of the head; every header value is a slice of it, not an allocation of its
     // own.
-    let head = crate::h1::head_copy::copy(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let (headers, seen) = crate::h1::fields(&head, base, r.headers, 0).map_err(|e| match e {
+    let head = crate::h1::head_copy::HeadCopy::new(&buf[..len]);
+    let (headers, seen) = crate::h1::fields(&head, r.headers, 0).map_err(|e| match e {
         crate::h1::BadField::Name(_) => Error::Protocol("invalid header name".into()),
         crate::h1::BadField::Value(name) => Error::Protocol(format!("invalid value for `{name}`")),
     })?;
@@ -249,10 +248,9 @@ pub(crate) enum Parsed {
     Final(Response<()>, Decoder, bool),
 }
 
-/// The request line, headers and (in-memory) body as one buffer: one write.
-/// The request head (and an in-memory body); `extra` appends whole `name: value\r\n` lines to
-/// the header block (the trace headers).
-/// Appended to `out` (a pooled write buffer: no allocation per request).
+/// The request line, headers and an in-memory body, appended to `out` (a pooled write buffer)
+/// to go out in one write; `extra` appends whole `name: value\r\n` lines to the header block
+/// (the trace headers).
 pub(crate) fn encode(
     req: &Request<crate::http::body::ReqBody>,
     extra: &(dyn Fn(&mut Vec<u8>) + Sync),
